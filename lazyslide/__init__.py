@@ -1,0 +1,21 @@
+"""lazyslide: lazy, zoom-driven gigapixel synthetic histopathology slides (URCDM).
+
+Pipeline: ``geometry`` (arithmetic) -> ``plan`` (tile dependencies) -> ``generator``
+(``model`` + ``sampler``) -> ``store`` -> consumers (``Slide``, ``OpenSlideView``, CLI).
+Importing this package is cheap and offline: imagen-pytorch is imported on first model use.
+"""
+
+from .errors import LazySlideError, ModelError, StoreError
+from .geometry import PRESETS, Geometry, GeometryError, TileId, preset
+from .model import URCDM
+from .openslide_view import OpenSlideView
+from .plan import ParityPlan, RasterPlan
+from .slide import Slide
+from .store import TileStore
+
+__all__ = [
+    "PRESETS", "URCDM", "Geometry", "GeometryError", "LazySlideError", "ModelError",
+    "OpenSlideView", "ParityPlan", "RasterPlan", "Slide", "StoreError", "TileId", "TileStore",
+    "preset",
+]
+__version__ = "0.1.0"

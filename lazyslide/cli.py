@@ -1,0 +1,204 @@
+"""The ``lazyslide`` command line: ``info``, ``tile`` and ``demo``.
+
+Errors users can fix (bad model spec, tile out of range, unreadable store) print one line and
+exit with code 2; nothing already stored is lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import LazySlideError
+from .geometry import TileId
+
+
+def _model(spec: str):
+    from .model import URCDM
+
+    return URCDM.from_spec(spec)
+
+
+def _store(cache: str | None):
+    from .store import TileStore
+
+    return TileStore(cache)
+
+
+class _Bar:
+    """A tqdm bar on stderr for tiles being made (silent when nothing is missing)."""
+
+    def __init__(self, desc: str, enabled: bool = True) -> None:
+        self.desc, self.enabled, self.bar = desc, enabled, None
+
+    def start(self, total: int) -> None:
+        if self.enabled and total:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=self.desc, unit="tile", file=sys.stderr)
+
+    def __call__(self, tile, kind: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"level {tile.level} ({tile.col},{tile.row}) {kind}")
+            self.bar.update()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    model = _model(args.model)
+    g = model.geometry
+    counts = model.param_counts()
+    info = {
+        "model": model.source,
+        "fingerprint": model.fingerprint,
+        "preset": model.config.get("preset"),
+        "tile": g.tile,
+        "overlap": g.overlap,
+        "cascade": list(g.cascade),
+        "levels": [
+            {"level": k, "canvas": c, "grid": g.grid(k), "mpp": round(g.level_mpp(k), 6),
+             "unet_params": [counts[(k, s)] for s in range(len(g.cascade))]}
+            for k, c in enumerate(g.canvases)
+        ],
+        "sampling": model.config["sampling"],
+        "total_params": sum(counts.values()),
+    }
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    print(f"model        {info['model']}\nfingerprint  {info['fingerprint']}")
+    print(f"tile         {g.tile} px, overlap {g.overlap} px, cascade "
+          f"{' -> '.join(map(str, g.cascade))}")
+    for lv in info["levels"]:
+        params = " / ".join(f"{p / 1e6:.2f}M" for p in lv["unet_params"])
+        print(f"level {lv['level']}      {lv['canvas']}^2 px, {lv['grid']}x{lv['grid']} tiles, "
+              f"{lv['mpp']} um/px, unets {params}")
+    s = model.config["sampling"]
+    print(f"sampling     steps {s['steps']}, RePaint resamples {s['resample']}")
+    print(f"parameters   {info['total_params'] / 1e6:.2f}M")
+    return 0
+
+
+def cmd_tile(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from .slide import Slide
+
+    started = time.perf_counter()
+    model = _model(args.model)
+    model.geometry.check_tile(args.level, args.col, args.row)
+    out = Path(args.output)
+    if not out.parent.is_dir():
+        raise LazySlideError(f"output folder {out.parent} does not exist")
+    if out.suffix.lower() not in (".png", ".tif", ".tiff"):
+        raise LazySlideError(f"output {out} must be .png or .tif (lossless)")
+    bar = _Bar("tiles", enabled=not args.json)
+    slide = Slide(model, args.seed, _store(args.cache), progress=bar)
+    tile = (args.level, args.col, args.row)
+    bar.start(len(slide.missing([TileId(*tile)])))
+    pixels = slide.tile(*tile, progress=bar)
+    bar.close()
+    Image.fromarray(pixels).save(out)
+    levels = range(model.geometry.levels)
+    report = {
+        "output": str(out),
+        "model": model.fingerprint,
+        "seed": args.seed,
+        "tile": dict(zip(("level", "col", "row"), tile, strict=True)),
+        "generated_tiles": {str(k): slide.generated[k] for k in levels},
+        "background_tiles": {str(k): slide.background[k] for k in levels},
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        made = sum(slide.generated.values())
+        print(f"wrote {out} ({made} tiles generated, {report['seconds']} s)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Until the tile server exists: the overview and one deepest tile of a demo slide."""
+    from PIL import Image
+
+    from .model import DEMO_MODEL_DIR
+    from .slide import Slide
+
+    spec = args.model or ("demo" if (DEMO_MODEL_DIR / "config.json").is_file() else "random:demo")
+    if spec == "random:demo":
+        print("no trained demo model is bundled yet: using random weights (random:demo), so "
+              "tiles show structured noise, not tissue", file=sys.stderr)
+    model = _model(spec)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    g = model.geometry
+    bar = _Bar("tiles")
+    slide = Slide(model, args.seed, _store(args.cache), progress=bar)
+    overview = out / f"slide{args.seed}_level0.png"
+    Image.fromarray(slide.read_region(0, 0, 0, g.canvases[0], g.canvases[0])).save(overview)
+    deepest = g.levels - 1
+    mid = g.grid(deepest) // 2
+    bar.start(len(slide.missing([TileId(deepest, mid, mid)])))
+    tile = slide.tile(deepest, mid, mid, progress=bar)
+    bar.close()
+    deep = out / f"slide{args.seed}_level{deepest}_{mid}_{mid}.png"
+    Image.fromarray(tile).save(deep)
+    print(f"model {model.source} ({model.fingerprint}), seed {args.seed}\n"
+          f"  overview: {overview}\n  level {deepest} tile ({mid}, {mid}): {deep}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lazyslide", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    model_help = "model folder, 'demo', or random:PRESET[:INIT_SEED] (PRESET: paper, demo, test)"
+
+    info = sub.add_parser("info", help="geometry, parameter counts and fingerprint of a model")
+    info.add_argument("--model", required=True, help=model_help)
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    info.set_defaults(func=cmd_info)
+
+    tile = sub.add_parser("tile", help="generate one tile (and what it depends on)")
+    tile.add_argument("--model", required=True, help=model_help)
+    tile.add_argument("--seed", type=int, default=0, help="slide seed (default 0)")
+    tile.add_argument("--level", type=int, required=True, help="magnification level, 0 = lowest")
+    tile.add_argument("--col", type=int, required=True)
+    tile.add_argument("--row", type=int, required=True)
+    tile.add_argument("-o", "--output", required=True, help="output .png or .tif")
+    tile.add_argument("--cache", help="tile store folder (default ~/.cache/lazyslide)")
+    tile.add_argument("--json", action="store_true",
+                      help="print one JSON object: generated_tiles per level, seconds, ...")
+    tile.set_defaults(func=cmd_tile)
+
+    demo = sub.add_parser("demo", help="make the overview and a deep tile of a demo slide")
+    demo.add_argument("--model", help="default: the bundled demo model, else random:demo")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("-o", "--output", default="out", help="output folder (default out/)")
+    demo.add_argument("--cache", help="tile store folder (default ~/.cache/lazyslide)")
+    demo.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "seed", 0) < 0:
+        print("lazyslide: error: --seed must be non-negative", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except LazySlideError as e:
+        print(f"lazyslide: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lazyslide: interrupted (stored tiles are kept)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

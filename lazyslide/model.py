@@ -1,0 +1,323 @@
+"""The URCDM model: one cascade of three imagen-pytorch Unets per magnification level.
+
+A model folder holds ``config.json`` and one safetensors file per unet
+(``level{L}_unet{U}.safetensors``), so the nine unets can be trained apart. ``config.json``
+records each file's SHA-256; the model's fingerprint is the hash of the config (and so of the
+weights) and of the sampler version, and keys every tile in the store.
+
+Specs accepted wherever a model is named: a folder path, ``demo`` (the bundled demo model), or
+``random:PRESET[:INIT_SEED]`` (random-init weights, for tests and benchmarks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .background import BackgroundRule
+from .errors import ModelError
+from .geometry import Geometry, GeometryError, preset
+from .sampler import SCHEDULES, derive_seed
+
+FORMAT = "lazyslide-urcdm/1"
+#: Part of every fingerprint: bump when the sampler's output for the same inputs changes.
+SAMPLER_VERSION = "1"
+DEMO_MODEL_DIR = Path(__file__).parent / "models" / "demo"
+
+_COMMON = dict(layer_cross_attns=False, attn_heads=2, attn_dim_head=16)
+#: Unet architectures per preset and cascade stage (the same at every level).
+UNETS: dict[str, list[dict[str, Any]]] = {
+    # The authors' configs (urcdm-method.md). No text, so no cross-attention is possible; the
+    # third unet's cross-attention at the last stage is replaced by nothing.
+    "paper": [
+        dict(dim=256, dim_mults=[1, 2, 3, 4], num_resnet_blocks=3,
+             layer_attns=[False, True, True, True], layer_cross_attns=False),
+        dict(dim=128, dim_mults=[1, 2, 4, 8], num_resnet_blocks=2,
+             layer_attns=[False, False, False, True], layer_cross_attns=False,
+             memory_efficient=True),
+        dict(dim=128, dim_mults=[1, 2, 4, 8], num_resnet_blocks=[2, 4, 6, 8],
+             layer_attns=False, layer_cross_attns=False),
+    ],
+    "demo": [
+        dict(dim=32, dim_mults=[1, 2, 4], num_resnet_blocks=1,
+             layer_attns=[False, False, True], **_COMMON),
+        dict(dim=32, dim_mults=[1, 2, 4], num_resnet_blocks=1, layer_attns=False, **_COMMON),
+        dict(dim=16, dim_mults=[1, 2, 4], num_resnet_blocks=1, layer_attns=False,
+             memory_efficient=True, **_COMMON),
+    ],
+    "test": [
+        dict(dim=8, dim_mults=[1, 2], num_resnet_blocks=1, layer_attns=False, **_COMMON)
+        for _ in range(3)
+    ],
+}
+#: Sampling defaults per preset: steps and RePaint resamples per cascade stage.
+SAMPLING: dict[str, dict[str, Any]] = {
+    "paper": dict(steps=[128, 64, 64], resample=[3, 3, 3], threshold=0.95),
+    "demo": dict(steps=[16, 8, 8], resample=[2, 2, 2], threshold=0.95),
+    "test": dict(steps=[4, 2, 2], resample=[2, 2, 2], threshold=0.95),
+}
+
+
+def default_config(preset_name: str) -> dict[str, Any]:
+    """The full config of a preset, without weights."""
+    geom = preset(preset_name)
+    return {
+        "format": FORMAT,
+        "preset": preset_name,
+        "geometry": geom.to_dict(),
+        "unets": [copy.deepcopy(UNETS[preset_name]) for _ in geom.canvases],
+        # imagen-pytorch's Imagen defaults (cosine, cosine, linear; lowres aug 'linear' at 0.2),
+        # with the v objective everywhere (paper).
+        "diffusion": {
+            "objectives": ["v"] * len(geom.cascade),
+            "schedules": (["cosine", "cosine"] + ["linear"] * len(geom.cascade))[: len(geom.cascade)],
+            "lowres_noise_schedule": "linear",
+            "lowres_noise_level": 0.2,
+        },
+        "sampling": copy.deepcopy(SAMPLING[preset_name]),
+        "background": BackgroundRule().to_dict(),
+    }
+
+
+def _file_name(level: int, stage: int) -> str:
+    return f"level{level}_unet{stage + 1}.safetensors"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class URCDM:
+    """Nine (levels x stages) Unets, their config, and the fingerprint naming them."""
+
+    def __init__(self, config: dict[str, Any], state: dict[tuple[int, int], dict] | None = None,
+                 *, init_seed: int | None = None, source: str = "") -> None:
+        self.config = config
+        self.source = source
+        self._init_seed = init_seed
+        self._state = state if state is not None else {}
+        self._unets: dict[tuple[int, int], nn.Module] = {}
+        self._lock = threading.Lock()
+        self.device = torch.device("cpu")
+        self._validate()
+        payload = json.dumps(config, sort_keys=True) + f"|sampler={SAMPLER_VERSION}"
+        self.fingerprint = hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def random(cls, preset_name: str, init_seed: int = 0) -> URCDM:
+        """Random-init weights; each unet seeded from (init_seed, level, stage)."""
+        try:
+            config = default_config(preset_name)
+        except GeometryError as e:
+            raise ModelError(str(e)) from None
+        config["weights"] = {"random_init_seed": init_seed, "torch": torch.__version__}
+        return cls(config, init_seed=init_seed, source=f"random:{preset_name}:{init_seed}")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> URCDM:
+        """Load a model folder, verifying every file (missing, truncated, modified, mismatched)."""
+        folder = Path(folder)
+        cfg_path = folder / "config.json"
+        if not folder.is_dir():
+            raise ModelError(f"{folder}: not a model folder (no such directory)")
+        if not cfg_path.is_file():
+            raise ModelError(f"{cfg_path}: missing (a model folder needs config.json)")
+        try:
+            config = json.loads(cfg_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ModelError(f"{cfg_path}: not valid JSON ({e})") from None
+        if not isinstance(config, dict) or config.get("format") != FORMAT:
+            raise ModelError(f"{cfg_path}: not a lazyslide model config (format != {FORMAT})")
+        weights = config.get("weights")
+        if not isinstance(weights, dict):
+            raise ModelError(f"{cfg_path}: no 'weights' table of file checksums")
+        state = {}
+        model = cls(config, state, source=str(folder))  # validates the config first
+        for level, stages in enumerate(config["unets"]):
+            for stage in range(len(stages)):
+                name = _file_name(level, stage)
+                path = folder / name
+                if name not in weights:
+                    raise ModelError(f"{cfg_path}: no checksum for {name}")
+                if not path.is_file():
+                    raise ModelError(f"{path}: missing weights file")
+                if _sha256(path) != weights[name]:
+                    raise ModelError(f"{path}: checksum mismatch (file truncated, corrupt or "
+                                     "replaced since the config was written)")
+                try:
+                    state[(level, stage)] = load_file(path)
+                except (SafetensorError, OSError, ValueError) as e:
+                    raise ModelError(f"{path}: unreadable safetensors file ({e})") from None
+                model._build(level, stage)  # a mismatch against the config fails here
+        return model
+
+    @classmethod
+    def from_spec(cls, spec: str) -> URCDM:
+        """``random:PRESET[:SEED]``, ``demo`` or a folder path."""
+        if spec.startswith("random:"):
+            parts = spec.split(":")
+            if len(parts) not in (2, 3) or not parts[1]:
+                raise ModelError(f"bad model spec {spec!r}: expected random:PRESET[:INIT_SEED]")
+            try:
+                seed = int(parts[2]) if len(parts) == 3 else 0
+            except ValueError:
+                raise ModelError(f"bad model spec {spec!r}: INIT_SEED must be an integer") from None
+            return cls.random(parts[1], seed)
+        if spec == "demo":
+            if not (DEMO_MODEL_DIR / "config.json").is_file():
+                raise ModelError("the bundled demo model is not in this install yet; use "
+                                 "random:demo (random weights) or a trained model folder")
+            return cls.load(DEMO_MODEL_DIR)
+        if not Path(spec).exists():
+            raise ModelError(f"bad model spec {spec!r}: no such folder (use a model folder, "
+                             "'demo' or 'random:PRESET[:INIT_SEED]')")
+        return cls.load(spec)
+
+    def save(self, folder: str | Path) -> None:
+        """Write config.json and the nine safetensors files (checksums in the config)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        weights = {}
+        for level, stage in self.unet_keys():
+            name = _file_name(level, stage)
+            sd = {k: v.detach().cpu().contiguous() for k, v in self.unet(level, stage).state_dict().items()}
+            save_file(sd, folder / name)
+            weights[name] = _sha256(folder / name)
+        config = dict(self.config, weights=weights)
+        (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+    def with_sampling(self, **changes: Any) -> URCDM:
+        """The same weights with other sampling settings (a different fingerprint)."""
+        config = copy.deepcopy(self.config)
+        unknown = set(changes) - set(config["sampling"])
+        if unknown:
+            raise ModelError(f"unknown sampling settings {sorted(unknown)}")
+        config["sampling"].update(changes)
+        other = URCDM(config, self._state, init_seed=self._init_seed, source=self.source)
+        other._unets = self._unets
+        other.device = self.device
+        return other
+
+    # -- access ---------------------------------------------------------------------------------
+    @property
+    def geometry(self) -> Geometry:
+        return self._geometry
+
+    @property
+    def background(self) -> BackgroundRule:
+        return self._background
+
+    def unet_keys(self) -> list[tuple[int, int]]:
+        return [(lv, st) for lv in range(self.geometry.levels) for st in range(len(self.geometry.cascade))]
+
+    def unet(self, level: int, stage: int) -> nn.Module:
+        """The unet for (level, cascade stage), built on first use."""
+        with self._lock:
+            if (level, stage) not in self._unets:
+                self._build(level, stage)
+            return self._unets[(level, stage)]
+
+    def to(self, device: str | torch.device) -> URCDM:
+        self.device = torch.device(device)
+        with self._lock:
+            for k, u in self._unets.items():
+                self._unets[k] = u.to(self.device)
+        return self
+
+    def param_counts(self) -> dict[tuple[int, int], int]:
+        """Parameters per unet, counted on the meta device (no memory is allocated)."""
+        out = {}
+        for level, stage in self.unet_keys():
+            with torch.device("meta"):
+                u = self._construct(level, stage)
+            out[(level, stage)] = sum(p.numel() for p in u.parameters())
+        return out
+
+    # -- internals -------------------------------------------------------------------------------
+    def _validate(self) -> None:
+        c = self.config
+        try:
+            self._geometry = Geometry.from_dict(c["geometry"])
+            self._background = BackgroundRule.from_dict(c.get("background", {}))
+            n_levels, n_stages = self._geometry.levels, len(self._geometry.cascade)
+            d, s = c["diffusion"], c["sampling"]
+            shapes = {
+                "unets": (c["unets"], n_levels),
+                "diffusion.objectives": (d["objectives"], n_stages),
+                "diffusion.schedules": (d["schedules"], n_stages),
+                "sampling.steps": (s["steps"], n_stages),
+                "sampling.resample": (s["resample"], n_stages),
+            }
+        except (KeyError, TypeError) as e:
+            raise ModelError(f"model config incomplete: missing {e}") from None
+        except GeometryError as e:
+            raise ModelError(f"model config geometry: {e}") from None
+        for name, (value, n) in shapes.items():
+            if not isinstance(value, list) or len(value) != n:
+                raise ModelError(f"model config {name} must be a list of {n} entries")
+        if any(not isinstance(st, list) or len(st) != n_stages for st in c["unets"]):
+            raise ModelError(f"model config unets: each level needs {n_stages} unet configs")
+        for o in d["objectives"]:
+            if o not in ("v", "noise", "x_start"):
+                raise ModelError(f"model config: unknown objective {o!r}")
+        for sch in [*d["schedules"], d["lowres_noise_schedule"]]:
+            if sch not in SCHEDULES:
+                raise ModelError(f"model config: unknown noise schedule {sch!r}")
+        for v in [*s["steps"], *s["resample"]]:
+            if not isinstance(v, int) or v < 1:
+                raise ModelError(f"model config: steps and resample must be integers >= 1, got {v!r}")
+
+    def _construct(self, level: int, stage: int) -> nn.Module:
+        from ._imagen import imagen
+
+        kwargs = dict(self.config["unets"][level][stage])
+        kwargs.update(
+            channels=3,
+            cond_on_text=False,
+            text_embed_dim=None,
+            lowres_cond=stage > 0,
+            cond_images_channels=3 if level > 0 else 0,
+        )
+        for k, v in kwargs.items():
+            if isinstance(v, list):
+                kwargs[k] = tuple(v)
+        # imagen-pytorch prints advice about small dims on stdout; keep stdout for our output.
+        with contextlib.redirect_stdout(io.StringIO()):
+            try:
+                return imagen().Unet(**kwargs)
+            except (TypeError, AssertionError, ValueError) as e:
+                raise ModelError(f"unet config for level {level} unet {stage + 1} rejected "
+                                 f"by imagen-pytorch: {e}") from None
+
+    def _build(self, level: int, stage: int) -> None:
+        if (level, stage) in self._state:
+            unet = self._construct(level, stage)
+            try:
+                unet.load_state_dict(self._state.pop((level, stage)), strict=True)
+            except RuntimeError as e:
+                first = str(e).splitlines()[1:3]
+                raise ModelError(f"{_file_name(level, stage)}: weights do not match the config "
+                                 f"({' '.join(s.strip() for s in first)[:300]})") from None
+        elif self._init_seed is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(derive_seed("init", self._init_seed, level, stage))
+                unet = self._construct(level, stage)
+        else:
+            raise ModelError(f"no weights for level {level} unet {stage + 1}")
+        self._unets[(level, stage)] = unet.eval().requires_grad_(False).to(self.device)

@@ -1,0 +1,177 @@
+"""The lazy slide: any tile on demand, dependencies resolved, every result stored.
+
+``Slide(model, seed, store)`` makes level 0 when opened; any other tile is made when first
+asked for, after the tiles it depends on (``plan``): the earlier-phase neighbours whose pixels
+it inpaints and the parent tiles that compose its conditioning window. A tile's pixels are a
+pure function of (model, seed, level, col, row): its random numbers are seeded from that
+address and its inputs are read back from the store.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable
+
+import numpy as np
+from PIL import Image
+
+from .background import has_tissue
+from .errors import LazySlideError
+from .generator import TileJob, generate
+from .geometry import BACKGROUND_FILL, Box, TileId
+from .model import URCDM
+from .plan import ParityPlan, Plan
+from .store import TileStore, tile_key
+
+#: Largest region ``read_region`` composes at once (pixels), to fail early instead of swapping.
+MAX_REGION_PIXELS = 1 << 28
+
+#: ``progress(tile, kind)`` with kind "generated" or "background", after each tile is stored.
+Progress = Callable[[TileId, str], None]
+
+
+class Slide:
+    """One synthetic slide of a model, identified by its seed."""
+
+    def __init__(self, model: URCDM, seed: int = 0, store: TileStore | None = None, *,
+                 plan: Plan | None = None, progress: Progress | None = None) -> None:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise LazySlideError(f"seed must be a non-negative integer, got {seed!r}")
+        self.model = model
+        self.seed = seed
+        self.store = store if store is not None else TileStore()
+        self.plan = plan if plan is not None else ParityPlan()
+        self.geometry = model.geometry
+        #: tiles this object generated (diffusion) and filled as background, per level
+        self.generated: Counter[int] = Counter()
+        self.background: Counter[int] = Counter()
+        self._locks: dict[TileId, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._model_lock = threading.Lock()  # one generation at a time on the model's device
+        self.ensure(self.geometry.tiles(0), progress=progress)
+
+    # -- public API ------------------------------------------------------------------------------
+    def tile(self, level: int, col: int, row: int, *, progress: Progress | None = None) -> np.ndarray:
+        """The tile's uint8 RGB pixels (T, T, 3), generating what it needs."""
+        tile = self.geometry.check_tile(level, col, row)
+        self.ensure([tile], progress=progress)
+        return self._stored(tile)
+
+    def read_region(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """uint8 RGB (h, w, 3) of ``level``'s canvas at (x, y); outside is background grey."""
+        for name, v in (("x", x), ("y", y), ("w", w), ("h", h)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise LazySlideError(f"{name} must be an integer, got {v!r}")
+        self.geometry.check_tile(level, 0, 0)
+        if w <= 0 or h <= 0 or w * h > MAX_REGION_PIXELS:
+            raise LazySlideError(f"region size must be positive and at most {MAX_REGION_PIXELS} "
+                                 f"pixels, got {w}x{h}")
+        box = (int(x), int(y), int(x) + int(w), int(y) + int(h))
+        self.ensure(self.geometry.covering_tiles(level, box))
+        return self._compose(level, box)
+
+    def missing(self, tiles: Iterable[TileId]) -> list[TileId]:
+        """Tiles that must be made for ``tiles`` to exist, in a valid making order."""
+        need: set[TileId] = set()
+        stack = list(tiles)
+        while stack:
+            t = stack.pop()
+            if t in need or self._key(t) in self.store:
+                continue
+            need.add(t)
+            stack.extend(self.plan.dependencies(self.geometry, t))
+        return self.plan.order(self.geometry, need)
+
+    def ensure(self, tiles: Iterable[TileId], *, progress: Progress | None = None) -> None:
+        """Make every missing tile needed for ``tiles`` (safe to call from many threads)."""
+        for t in self.missing(tiles):
+            kind = self._make(t)
+            if progress is not None and kind:
+                progress(t, kind)
+
+    def is_stored(self, level: int, col: int, row: int) -> bool:
+        return self._key(TileId(level, col, row)) in self.store
+
+    # -- making one tile -------------------------------------------------------------------------
+    def _make(self, tile: TileId) -> str | None:
+        """Make and store ``tile`` unless it exists; its dependencies must exist."""
+        with self._lock_for(tile):
+            if self._key(tile) in self.store:
+                return None  # made meanwhile by another thread (or process)
+            job = self._job(tile)
+            if job.window is not None and not self._has_tissue(job):
+                pixels, kind = self._background_tile(job), "background"
+            else:
+                with self._model_lock:
+                    pixels = generate(self.model, [job])[0]
+                kind = "generated"
+            self.store.put(self._key(tile), pixels)
+            (self.generated if kind == "generated" else self.background)[tile.level] += 1
+        with self._locks_guard:
+            self._locks.pop(tile, None)
+        return kind
+
+    def _job(self, tile: TileId) -> TileJob:
+        t = self.geometry.tile
+        known = np.zeros((t, t, 3), np.uint8)
+        mask = np.zeros((t, t), bool)
+        for n, (x0, y0, x1, y1) in self.plan.known_boxes(self.geometry, tile):
+            # neighbour pixels in this tile's frame: shift by the neighbour's offset
+            dx = (n.col - tile.col) * self.geometry.stride
+            dy = (n.row - tile.row) * self.geometry.stride
+            known[y0:y1, x0:x1] = self._stored(n)[y0 - dy:y1 - dy, x0 - dx:x1 - dx]
+            mask[y0:y1, x0:x1] = True
+        window = None
+        if tile.level > 0:
+            window = self._compose(tile.level - 1, self.geometry.parent_window(*tile))
+        return TileJob(tile, self.seed, known, mask, window)
+
+    def _footprint_in_window(self, tile: TileId) -> tuple[float, float, float, float]:
+        ox, oy, _, _ = self.geometry.parent_window(*tile)
+        fx0, fy0, fx1, fy1 = self.geometry.parent_footprint(*tile)
+        return (float(fx0 - ox), float(fy0 - oy), float(fx1 - ox), float(fy1 - oy))
+
+    def _has_tissue(self, job: TileJob) -> bool:
+        return has_tissue(job.window, self._footprint_in_window(job.tile), self.model.background)
+
+    def _background_tile(self, job: TileJob) -> np.ndarray:
+        """No diffusion: the parent upscaled over the footprint, known neighbour pixels kept."""
+        t = self.geometry.tile
+        up = Image.fromarray(job.window).resize((t, t), Image.Resampling.BICUBIC,
+                                                box=self._footprint_in_window(job.tile))
+        pixels = np.array(up)
+        pixels[job.mask] = job.known[job.mask]
+        return pixels
+
+    # -- reading ---------------------------------------------------------------------------------
+    def _key(self, tile: TileId) -> str:
+        return tile_key(self.model.fingerprint, self.seed, tile)
+
+    def _stored(self, tile: TileId) -> np.ndarray:
+        pixels = self.store.get(self._key(tile))
+        if pixels is None:
+            raise LazySlideError(f"tile {tuple(tile)} is not in the store (was it deleted?)")
+        return pixels
+
+    def _compose(self, level: int, box: Box) -> np.ndarray:
+        """Canvas pixels of ``box`` from stored tiles (each pixel from its owner tile)."""
+        x0, y0, x1, y1 = box
+        out = np.full((y1 - y0, x1 - x0, 3), BACKGROUND_FILL, np.uint8)
+        g, s = self.geometry, self.geometry.stride
+        canvas = g.canvases[level]
+        for t in g.covering_tiles(level, box):
+            # pixels owned by t: [col*s, col*s + s) except the last tile, which owns to the end
+            ox0, oy0 = t.col * s, t.row * s
+            ox1 = canvas if t.col == g.grid(level) - 1 else ox0 + s
+            oy1 = canvas if t.row == g.grid(level) - 1 else oy0 + s
+            ix0, iy0 = max(ox0, x0), max(oy0, y0)
+            ix1, iy1 = min(ox1, x1), min(oy1, y1)
+            if ix0 < ix1 and iy0 < iy1:
+                out[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] = \
+                    self._stored(t)[iy0 - oy0:iy1 - oy0, ix0 - ox0:ix1 - ox0]
+        return out
+
+    def _lock_for(self, tile: TileId) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(tile, threading.Lock())
