@@ -43,6 +43,7 @@ def imagen() -> ModuleType:
     if _module is None:
         with _offline_t5_config(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script deprecation
+            warnings.simplefilter("ignore", DeprecationWarning)  # pydantic v1-style config
             import imagen_pytorch
 
         _module = imagen_pytorch

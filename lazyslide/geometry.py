@@ -128,24 +128,28 @@ class Geometry:
         x, y = col * self.stride, row * self.stride
         return (x, y, x + self.tile, y + self.tile)
 
-    def owner(self, level: int, x: int) -> int:
-        """The column (or row) of the tile that provides canvas pixel ``x``.
+    def cover(self, level: int, start: int, end: int) -> list[tuple[int, int, int]]:
+        """Fewest tiles along one axis that cover canvas pixels [start, end), clipped.
 
-        Overlapping tiles agree on shared pixels, so any covering tile would do; this fixed
-        choice lets a region be composed from at most two tiles per axis.
+        Returns ``(index, a, b)``: tile ``index`` provides pixels [a, b). Overlapping tiles agree
+        on shared pixels, so any cover gives the same pixels; the greedy one (each time the
+        tile reaching furthest) needs at most two tiles for a one-tile-wide window.
         """
-        return min(x // self.stride, self.grid(level) - 1)
+        n, s = self.grid(level), self.stride
+        x, end = max(0, start), min(self.canvases[level], end)
+        out = []
+        while x < end:
+            j = min(x // s, n - 1)
+            b = min(end, j * s + self.tile)
+            out.append((j, x, b))
+            x = b
+        return out
 
     def covering_tiles(self, level: int, box: Box) -> list[TileId]:
-        """Tiles whose owned pixels compose ``box`` (clipped to the canvas), row-major."""
-        c = self.canvases[level]
-        x0, y0 = max(0, box[0]), max(0, box[1])
-        x1, y1 = min(c, box[2]), min(c, box[3])
-        if x0 >= x1 or y0 >= y1:
-            return []
-        cols = range(self.owner(level, x0), self.owner(level, x1 - 1) + 1)
-        rows = range(self.owner(level, y0), self.owner(level, y1 - 1) + 1)
-        return [TileId(level, cc, rr) for rr in rows for cc in cols]
+        """Tiles that compose ``box`` (clipped to the canvas), row-major."""
+        cols = self.cover(level, box[0], box[2])
+        rows = self.cover(level, box[1], box[3])
+        return [TileId(level, c, r) for r, _, _ in rows for c, _, _ in cols]
 
     # -- conditioning ----------------------------------------------------------------------------
     def parent_footprint(self, level: int, col: int, row: int) -> tuple[Fraction, ...]:

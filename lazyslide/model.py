@@ -318,6 +318,12 @@ class URCDM:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(derive_seed("init", self._init_seed, level, stage))
                 unet = self._construct(level, stage)
+                # imagen zero-initialises output convolutions, which makes every untrained unet
+                # output 0 whatever its inputs and seed; perturb them so random models differ
+                # and respond to conditioning, as trained ones do.
+                for p in unet.parameters():
+                    if p.ndim > 1 and not p.detach().any():
+                        torch.nn.init.normal_(p, std=0.02)
         else:
             raise ModelError(f"no weights for level {level} unet {stage + 1}")
         self._unets[(level, stage)] = unet.eval().requires_grad_(False).to(self.device)

@@ -155,21 +155,15 @@ class Slide:
         return pixels
 
     def _compose(self, level: int, box: Box) -> np.ndarray:
-        """Canvas pixels of ``box`` from stored tiles (each pixel from its owner tile)."""
+        """Canvas pixels of ``box`` from stored tiles; outside the canvas, background grey."""
         x0, y0, x1, y1 = box
         out = np.full((y1 - y0, x1 - x0, 3), BACKGROUND_FILL, np.uint8)
         g, s = self.geometry, self.geometry.stride
-        canvas = g.canvases[level]
-        for t in g.covering_tiles(level, box):
-            # pixels owned by t: [col*s, col*s + s) except the last tile, which owns to the end
-            ox0, oy0 = t.col * s, t.row * s
-            ox1 = canvas if t.col == g.grid(level) - 1 else ox0 + s
-            oy1 = canvas if t.row == g.grid(level) - 1 else oy0 + s
-            ix0, iy0 = max(ox0, x0), max(oy0, y0)
-            ix1, iy1 = min(ox1, x1), min(oy1, y1)
-            if ix0 < ix1 and iy0 < iy1:
-                out[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] = \
-                    self._stored(t)[iy0 - oy0:iy1 - oy0, ix0 - ox0:ix1 - ox0]
+        for row, ya, yb in g.cover(level, y0, y1):
+            for col, xa, xb in g.cover(level, x0, x1):
+                tile = self._stored(TileId(level, col, row))
+                out[ya - y0:yb - y0, xa - x0:xb - x0] = \
+                    tile[ya - row * s:yb - row * s, xa - col * s:xb - col * s]
         return out
 
     def _lock_for(self, tile: TileId) -> threading.Lock:

@@ -1,0 +1,61 @@
+"""The command line: info, tile --json, one-line errors with exit code 2."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "lazyslide.cli", *args], capture_output=True,
+                          text=True, timeout=300, cwd=cwd)
+
+
+def test_help_on_every_command():
+    for cmd in ([], ["info"], ["tile"], ["demo"]):
+        r = cli(*cmd, "--help")
+        assert r.returncode == 0 and "usage: lazyslide" in r.stdout
+
+
+def test_info(tmp_path):
+    r = cli("info", "--model", "random:test", "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert [lv["grid"] for lv in info["levels"]] == [1, 7, 46]
+    assert len(info["fingerprint"]) == 16 and info["total_params"] > 0
+
+
+def test_tile_json_counts_generations_per_level(tmp_path):
+    out, cache = tmp_path / "t.png", tmp_path / "cache"
+    args = ["tile", "--model", "random:test", "--seed", "3", "--level", "2", "--col", "4",
+            "--row", "5", "-o", str(out), "--cache", str(cache), "--json"]
+    r = cli(*args)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert set(report["generated_tiles"]) == {"0", "1", "2"}
+    assert report["generated_tiles"]["0"] == 1 and report["generated_tiles"]["2"] >= 1
+    assert report["seconds"] > 0
+    assert np.asarray(Image.open(out)).shape == (32, 32, 3)
+    again = json.loads(cli(*args).stdout)  # warm store, new process: nothing generated
+    assert again["generated_tiles"] == {"0": 0, "1": 0, "2": 0}
+
+
+def test_errors_are_one_line_with_exit_code_2(tmp_path):
+    base = ["tile", "--model", "random:test", "-o", str(tmp_path / "t.png"), "--cache",
+            str(tmp_path / "c"), "--level"]
+    cases = [
+        (base + ["2", "--col", "46", "--row", "0"], "outside level 2"),
+        (base + ["3", "--col", "0", "--row", "0"], "level must be in 0..2"),
+        (["tile", "--model", "random:nope", "--level", "0", "--col", "0", "--row", "0", "-o", "x.png"],
+         "unknown preset"),
+        (["info", "--model", str(tmp_path / "missing")], "no such folder"),
+        (["tile", "--model", "random:test", "--level", "0", "--col", "0", "--row", "0", "-o",
+          str(tmp_path / "nodir" / "t.png")], "does not exist"),
+    ]
+    for args, msg in cases:
+        r = cli(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and msg in lines[0] and "Traceback" not in r.stderr
