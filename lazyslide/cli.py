@@ -16,10 +16,18 @@ from .errors import LazySlideError
 from .geometry import TileId
 
 
-def _model(spec: str):
+def _model(spec: str, device: str | None = None):
+    import torch
+
     from .model import URCDM
 
-    return URCDM.from_spec(spec)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as e:
+        raise LazySlideError(f"device {device!r} is not usable here: {str(e).splitlines()[0]}") from None
+    return URCDM.from_spec(spec).to(device)
 
 
 def _store(cache: str | None):
@@ -91,7 +99,7 @@ def cmd_tile(args: argparse.Namespace) -> int:
     from .slide import Slide
 
     started = time.perf_counter()
-    model = _model(args.model)
+    model = _model(args.model, args.device)
     model.geometry.check_tile(args.level, args.col, args.row)
     out = Path(args.output)
     if not out.parent.is_dir():
@@ -134,7 +142,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if spec == "random:demo":
         print("no trained demo model is bundled yet: using random weights (random:demo), so "
               "tiles show structured noise, not tissue", file=sys.stderr)
-    model = _model(spec)
+    model = _model(spec, args.device)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     g = model.geometry
@@ -172,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     tile.add_argument("--row", type=int, required=True)
     tile.add_argument("-o", "--output", required=True, help="output .png or .tif")
     tile.add_argument("--cache", help="tile store folder (default ~/.cache/lazyslide)")
+    tile.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     tile.add_argument("--json", action="store_true",
                       help="print one JSON object: generated_tiles per level, seconds, ...")
     tile.set_defaults(func=cmd_tile)
@@ -181,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("-o", "--output", default="out", help="output folder (default out/)")
     demo.add_argument("--cache", help="tile store folder (default ~/.cache/lazyslide)")
+    demo.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     demo.set_defaults(func=cmd_demo)
     return p
 

@@ -54,7 +54,12 @@ def x0_predictor(unet: torch.nn.Module, objective: str, *, cond: Tensor | None =
 
 @torch.no_grad()
 def generate(model: URCDM, jobs: Sequence[TileJob]) -> list[np.ndarray]:
-    """Generate a batch of tiles of one level; returns uint8 (T, T, 3) arrays."""
+    """Generate a batch of tiles of one level; returns uint8 (T, T, 3) arrays.
+
+    Each tile draws only from its own generators, so batching changes no random number; but
+    the backends' kernels are not batch-invariant (on the CPU a batch may differ from single
+    calls by 1 in a few uint8 values), so ``Slide`` makes canonical tiles one per call.
+    """
     if not jobs:
         return []
     level = jobs[0].tile.level

@@ -182,3 +182,17 @@ def test_children_follow_their_parent(model, tmp_path):
         store.put(tile_key(model.fingerprint, 4, TileId(0, 0, 0)), level0)
         tiles.append(Slide(model, 4, store).tile(1, 3, 3))
     assert not np.array_equal(tiles[0], tiles[1])
+
+
+def test_independent_tiles_batch_like_single_calls(model, store):
+    """A batch of same-phase tiles gives each its own pixels (up to float rounding)."""
+    from lazyslide.generator import generate
+
+    slide = Slide(model, 6, store)
+    tiles = [TileId(1, c, r) for c, r in ((0, 0), (2, 0), (0, 2), (4, 4))]
+    jobs = [slide._job(t) for t in tiles]
+    singles = [generate(model, [j])[0] for j in jobs]
+    batch = generate(model, jobs)
+    for a, b in zip(singles, batch, strict=True):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+    assert not np.array_equal(batch[0], batch[1])
