@@ -210,7 +210,7 @@ class URCDM:
             raise ModelError(f"unknown sampling settings {sorted(unknown)}")
         config["sampling"].update(changes)
         other = URCDM(config, self._state, init_seed=self._init_seed, source=self.source)
-        other._unets = self._unets
+        other._unets, other._lock = self._unets, self._lock  # one set of unets, one guard
         other.device = self.device
         return other
 
