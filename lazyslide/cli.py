@@ -1,4 +1,4 @@
-"""The ``lazyslide`` command line: ``info``, ``tile`` and ``demo``.
+"""The ``lazyslide`` command line: ``info``, ``tile``, ``serve`` and ``demo``.
 
 Errors users can fix (bad model spec, tile out of range, unreadable store) print one line and
 exit with code 2; nothing already stored is lost.
@@ -162,6 +162,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .model import DEMO_MODEL_DIR
+
+    try:
+        from lazyslide.server import serve
+    except ImportError as e:
+        raise LazySlideError(f"the server is not installed ({e}); run `make install`") from None
+    spec = args.model
+    if spec is None:
+        if not (DEMO_MODEL_DIR / "config.json").is_file():
+            print("lazyslide: no trained demo model is bundled yet: serving random:demo (random "
+                  "weights: noise, not tissue). Train one (see README) and pass --model FOLDER.",
+                  file=sys.stderr)
+        spec = "demo" if (DEMO_MODEL_DIR / "config.json").is_file() else "random:demo"
+    if not 0 < args.port < 65536:
+        raise LazySlideError(f"--port must be in 1..65535, got {args.port}")
+    model = _model(spec, args.device)
+    bar = _Bar(f"opening slide {args.seed}")
+    bar.start(len(model.geometry.tiles(0)))
+    try:
+        serve(model, _store(args.cache), seed=args.seed, host=args.host, port=args.port,
+              max_slides=args.max_slides, progress=bar)
+    except OSError as e:
+        raise LazySlideError(f"cannot serve on {args.host}:{args.port}: {e.strerror or e}") from None
+    finally:
+        bar.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lazyslide", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -184,6 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
     tile.add_argument("--json", action="store_true",
                       help="print one JSON object: generated_tiles per level, seconds, ...")
     tile.set_defaults(func=cmd_tile)
+
+    serve = sub.add_parser("serve", help="serve slides to the browser viewer and as Deep Zoom")
+    serve.add_argument("--model", help="default: the bundled demo model, else random:demo")
+    serve.add_argument("--seed", type=int, default=0, help="slide opened at start-up (default 0)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--cache", help="tile store folder (default ~/.cache/lazyslide)")
+    serve.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    serve.add_argument("--max-slides", type=int, default=8, help="slides open at once (default 8)")
+    serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="make the overview and a deep tile of a demo slide")
     demo.add_argument("--model", help="default: the bundled demo model, else random:demo")

@@ -35,7 +35,8 @@ class Slide:
     """One synthetic slide of a model, identified by its seed."""
 
     def __init__(self, model: URCDM, seed: int = 0, store: TileStore | None = None, *,
-                 plan: Plan | None = None, progress: Progress | None = None) -> None:
+                 plan: Plan | None = None, progress: Progress | None = None,
+                 make_level0: bool = True) -> None:
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise LazySlideError(f"seed must be a non-negative integer, got {seed!r}")
         self.model = model
@@ -49,7 +50,8 @@ class Slide:
         self._locks: dict[TileId, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._model_lock = threading.Lock()  # one generation at a time on the model's device
-        self.ensure(self.geometry.tiles(0), progress=progress)
+        if make_level0:  # a server passes False and has its worker make level 0 instead
+            self.ensure(self.geometry.tiles(0), progress=progress)
 
     # -- public API ------------------------------------------------------------------------------
     def tile(self, level: int, col: int, row: int, *, progress: Progress | None = None) -> np.ndarray:

@@ -1,0 +1,251 @@
+/* lazyslide viewer: OpenSeadragon over the server's Deep Zoom endpoint, with live generation
+   overlays from the server-sent events stream. */
+"use strict";
+
+const state = { slide: null, viewer: null, events: null, overlays: new Map(), dzMax: null };
+// Show a magnification level upscaled up to this factor before asking for the next (deeper,
+// lazily generated) one: zooming out never triggers generation of a whole deep level.
+const UPSCALE_BEFORE_NEXT_LEVEL = 2;
+const $ = (id) => document.getElementById(id);
+
+function showMessage(text) {
+  const el = $("message");
+  el.textContent = text;
+  el.hidden = !text;
+  if (text) setTimeout(() => { if (el.textContent === text) el.hidden = true; }, 6000);
+}
+
+function createViewer() {
+  return OpenSeadragon({
+    id: "viewer",
+    prefixUrl: "/osd/images/",
+    showNavigator: true,
+    navigatorPosition: "BOTTOM_RIGHT",
+    navigatorBackground: "#000",
+    // Tiles can take seconds to generate: wait for them, do not hammer the server.
+    timeout: 180000,
+    tileRetryMax: 2,
+    tileRetryDelay: 4000,
+    imageLoaderLimit: 0, // tiles come over one WebSocket (see TileSocket): no connection cap
+    maxZoomPixelRatio: 2,
+    visibilityRatio: 0.5,
+    constrainDuringPan: true,
+    blendTime: 0.15,
+    drawer: "canvas",
+    crossOriginPolicy: false,
+    gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: true },
+    showRotationControl: false,
+  });
+}
+
+/* Tiles over one WebSocket per slide: tiles waiting for generation must not occupy the
+   browser's six HTTP connections and starve tiles that are ready (see server/app.py). */
+class TileSocket {
+  constructor(slide) {
+    this.url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/api/slides/${slide.id}/tiles`;
+    this.pending = new Map();
+    this.nextId = 1;
+    this.closed = false;
+    this.connect();
+  }
+  connect() {
+    this.ws = new WebSocket(this.url);
+    this.ws.binaryType = "arraybuffer";
+    this.ready = new Promise((resolve) => this.ws.addEventListener("open", resolve, { once: true }));
+    this.ws.onmessage = (ev) => {
+      if (typeof ev.data === "string") {
+        const m = JSON.parse(ev.data);
+        const ctx = this.pending.get(m.id);
+        this.pending.delete(m.id);
+        if (ctx) ctx.fail(`tile ${m.status}: ${m.error}`);
+        if (m.status === 503) showMessage("The server is busy; tiles will be retried.");
+        return;
+      }
+      const id = new DataView(ev.data).getUint32(0);
+      const ctx = this.pending.get(id);
+      this.pending.delete(id);
+      if (ctx) ctx.finish(new Blob([ev.data.slice(4)], { type: "image/jpeg" }), null, "rasterBlob");
+    };
+    this.ws.onclose = () => {
+      for (const ctx of this.pending.values()) ctx.fail("tile connection closed");
+      this.pending.clear();
+      if (!this.closed) setTimeout(() => this.connect(), 2000);
+    };
+  }
+  async get(context) {
+    const m = /_files\/(\d+)\/(\d+)_(\d+)\.\w+$/.exec(context.src);
+    if (!m) { context.fail("bad tile url"); return; }
+    const id = this.nextId++;
+    context.userData.tileSocketId = id;
+    this.pending.set(id, context);
+    await this.ready;
+    if (this.ws.readyState !== WebSocket.OPEN) { this.pending.delete(id); context.fail("not connected"); return; }
+    this.ws.send(JSON.stringify({ op: "get", id, level: +m[1], col: +m[2], row: +m[3] }));
+  }
+  abort(context) {
+    const id = context.userData.tileSocketId;
+    if (id && this.pending.delete(id) && this.ws.readyState === WebSocket.OPEN) {
+      this.ws.send(JSON.stringify({ op: "cancel", id }));
+    }
+  }
+  close() { this.closed = true; this.ws.close(); }
+}
+
+function openSlide(slide) {
+  if (state.tiles) state.tiles.close();
+  state.tiles = new TileSocket(slide);
+  state.slide = slide;
+  for (const el of state.overlays.values()) state.viewer.removeOverlay(el);
+  state.overlays.clear();
+  state.dzMax = null;
+  // Deep Zoom levels between two magnification levels are all read from the deeper one, so
+  // OpenSeadragon's blurry-to-sharp fallback through them would make the server generate far
+  // more of the deep level than is on screen; skip to levels a magnification step coarser.
+  let ratio = 1;
+  for (let i = 1; i < slide.levels.length; i++) {
+    ratio = Math.max(ratio, slide.levels[i - 1].downsample / slide.levels[i].downsample);
+  }
+  state.viewer.discardLevelsBelowDownsampleRatio = Math.pow(2, Math.ceil(Math.log2(ratio)));
+  state.viewer.open(slide.dzi);
+  $("seed").value = slide.seed;
+  $("slide-info").textContent =
+    `seed ${slide.seed} · ${slide.width.toLocaleString()} × ${slide.height.toLocaleString()} px · model ${slide.model}`;
+  history.replaceState(null, "", `?seed=${slide.seed}`);
+  connectEvents(slide);
+  updateReadout();
+}
+
+function connectEvents(slide) {
+  if (state.events) state.events.close();
+  const es = new EventSource(`/api/slides/${slide.id}/events`);
+  state.events = es;
+  const handle = (ev) => {
+    const e = JSON.parse(ev.data);
+    if (e.slide !== undefined && String(e.slide) !== String(state.slide.id)) return;
+    updateQueue(e.queue, e.eta);
+    if (!e.box) return;
+    const key = `${e.level}/${e.col}/${e.row}`;
+    if (e.type === "queued" || e.type === "started") {
+      let el = state.overlays.get(key);
+      if (!el) {
+        el = document.createElement("div");
+        const [x0, y0, x1, y1] = e.box;
+        const rect = state.viewer.viewport.imageToViewportRectangle(x0, y0, x1 - x0, y1 - y0);
+        state.viewer.addOverlay({ element: el, location: rect });
+        state.overlays.set(key, el);
+      }
+      el.className = `tile-overlay ${e.type}`;
+      el.title = `level ${e.level} tile (${e.col}, ${e.row}) ${e.type}`;
+    } else {
+      const el = state.overlays.get(key);
+      if (el) { state.viewer.removeOverlay(el); state.overlays.delete(key); }
+      if (e.type === "failed") showMessage(`Tile (${e.col}, ${e.row}) failed: ${e.error || ""}`);
+    }
+  };
+  for (const type of ["hello", "queued", "started", "done", "failed", "dropped"]) {
+    es.addEventListener(type, handle);
+  }
+}
+
+function updateQueue(depth, eta) {
+  const busy = depth > 0 || state.overlays.size > 0;
+  $("queue-dot").className = busy ? "dot busy" : "dot";
+  $("queue-text").textContent = busy
+    ? `${depth} queued · ETA ${eta < 60 ? Math.round(eta) + " s" : Math.round(eta / 60) + " min"}`
+    : "idle";
+}
+
+function niceLength(um) {
+  const p = Math.pow(10, Math.floor(Math.log10(um)));
+  for (const m of [5, 2, 1]) if (m * p <= um) return m * p;
+  return p;
+}
+
+function magnificationFor(fullPerScreen) {
+  // the lowest magnification level that is at most UPSCALE_BEFORE_NEXT_LEVEL times coarser
+  // than the screen (levels are listed from the lowest magnification up)
+  for (const l of state.slide.levels) {
+    if (l.downsample <= fullPerScreen * UPSCALE_BEFORE_NEXT_LEVEL) return l;
+  }
+  return state.slide.levels[state.slide.levels.length - 1];
+}
+
+function limitDeepZoomLevel(item, level) {
+  // Deep Zoom level L (downsample 2^(max-L)) is rendered from the finest magnification level
+  // whose downsample is <= 2^(max-L); allow only levels rendered from `level` or coarser.
+  if (state.dzMax === null) state.dzMax = item.source.maxLevel;
+  const allowed = Math.max(0, state.dzMax - Math.ceil(Math.log2(level.downsample) - 1e-9));
+  if (item.source.maxLevel !== allowed) {
+    item.source.maxLevel = allowed;
+    state.viewer.forceRedraw();
+  }
+}
+
+function updateReadout() {
+  const viewer = state.viewer, slide = state.slide;
+  if (!slide || !viewer.world.getItemCount()) return;
+  const item = viewer.world.getItemAt(0);
+  const zoom = item.viewportToImageZoom(viewer.viewport.getZoom(true)); // screen px per full-res px
+  const fullPerScreen = 1 / zoom;
+  const level = magnificationFor(fullPerScreen);
+  limitDeepZoomLevel(item, level);
+  $("level").textContent = String(level.level);
+  const umPerScreenPx = slide.mpp * fullPerScreen;
+  $("magnification").textContent = `${(10 / umPerScreenPx).toFixed(umPerScreenPx > 2 ? 1 : 0)}×`;
+  const target = niceLength(umPerScreenPx * 140);
+  $("scalebar-bar").style.width = `${Math.round(target / umPerScreenPx)}px`;
+  $("scalebar-label").textContent = target >= 1000 ? `${target / 1000} mm` : `${target} µm`;
+}
+
+async function loadSlides() {
+  const params = new URLSearchParams(location.search);
+  const wanted = params.get("seed");
+  if (wanted !== null && /^\d+$/.test(wanted)) return newSlide(Number(wanted));
+  const res = await fetch("/api/slides");
+  const slides = await res.json();
+  if (slides.length) openSlide(slides[0]);
+}
+
+async function newSlide(seed) {
+  const button = $("new-slide-button");
+  button.disabled = true;
+  showMessage("");
+  try {
+    const res = await fetch("/api/slides", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ seed }),
+    });
+    if (!res.ok) { showMessage(await res.text()); return; }
+    openSlide(await res.json());
+  } catch (err) {
+    showMessage(`Could not open slide: ${err}`);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function main() {
+  state.viewer = createViewer();
+  window.lazyslide = state; // for tests and the curious
+  const useTileSocket = (e) => {
+    const source = e.item.source, tiles = state.tiles;
+    source.downloadTileStart = (context) => tiles.get(context);
+    source.downloadTileAbort = (context) => tiles.abort(context);
+  };
+  state.viewer.world.addHandler("add-item", useTileSocket);
+  if (state.viewer.navigator) state.viewer.navigator.world.addHandler("add-item", useTileSocket);
+  state.viewer.addHandler("animation", updateReadout);
+  state.viewer.addHandler("open", updateReadout);
+  state.viewer.addHandler("resize", updateReadout);
+  state.viewer.addHandler("tile-load-failed", (e) => {
+    if (e.message) console.warn("tile failed", e.message);
+  });
+  $("new-slide").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const seed = Number($("seed").value);
+    if (!Number.isInteger(seed) || seed < 0) { showMessage("The seed must be a whole number ≥ 0"); return; }
+    newSlide(seed);
+  });
+  loadSlides().catch((err) => showMessage(`Could not reach the server: ${err}`));
+}
+
+main();
