@@ -5,6 +5,8 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install demo test lint bench clean
 
+VIEWER_STAMP := viewer/node_modules/.installed-stamp
+
 $(STAMP): pyproject.toml requirements/constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
@@ -12,12 +14,21 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PY) -m pip install -c requirements/constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# The viewer's OpenSeadragon comes from the npm registry (package-lock.json), served locally.
+$(VIEWER_STAMP): viewer/package.json viewer/package-lock.json
+	cd viewer && npm ci --no-audit --no-fund
+	touch $(VIEWER_STAMP)
+
+# Debian's Chromium, for the real-browser test (Playwright drives /usr/bin/chromium).
+/usr/bin/chromium:
+	apt-get update -q && apt-get install -y -q chromium
+
+install: $(STAMP) $(VIEWER_STAMP)
 
 demo: install
-	$(VENV)/bin/lazyslide demo
+	$(VENV)/bin/lazyslide serve
 
-test: install
+test: install /usr/bin/chromium
 	$(VENV)/bin/ruff check lazyslide server tests bench
 	$(VENV)/bin/pytest -q
 

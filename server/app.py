@@ -140,7 +140,7 @@ class LazySlideServer:
         r.add_get("/style.css", viewer_file)
         if OSD_DIR.is_dir():
             r.add_static("/osd/", OSD_DIR)
-        r.add_get("/favicon.ico", lambda request: web.Response(status=204))
+        r.add_get("/favicon.ico", no_content)
         r.add_get("/healthz", healthz)
         r.add_get("/metrics", metrics)
         r.add_get("/api/slides", list_slides)
@@ -190,6 +190,10 @@ async def index(request: web.Request) -> web.StreamResponse:
 
 async def viewer_file(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(VIEWER_DIR / request.path.lstrip("/"))
+
+
+async def no_content(request: web.Request) -> web.Response:
+    return web.Response(status=204)
 
 
 async def healthz(request: web.Request) -> web.Response:
