@@ -122,8 +122,7 @@ function connectEvents(slide) {
   const handle = (ev) => {
     const e = JSON.parse(ev.data);
     if (e.slide !== undefined && String(e.slide) !== String(state.slide.id)) return;
-    updateQueue(e.queue, e.eta);
-    if (!e.box) return;
+    if (!e.box) { updateQueue(e.queue, e.eta); return; }
     const key = `${e.level}/${e.col}/${e.row}`;
     if (e.type === "queued" || e.type === "started") {
       let el = state.overlays.get(key);
@@ -141,6 +140,7 @@ function connectEvents(slide) {
       if (el) { state.viewer.removeOverlay(el); state.overlays.delete(key); }
       if (e.type === "failed") showMessage(`Tile (${e.col}, ${e.row}) failed: ${e.error || ""}`);
     }
+    updateQueue(e.queue, e.eta);
   };
   for (const type of ["hello", "queued", "started", "done", "failed", "dropped"]) {
     es.addEventListener(type, handle);
