@@ -56,6 +56,7 @@ class _Bar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -183,7 +184,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     bar.start(len(model.geometry.tiles(0)))
     try:
         serve(model, _store(args.cache), seed=args.seed, host=args.host, port=args.port,
-              max_slides=args.max_slides, progress=bar)
+              max_slides=args.max_slides, progress=bar, on_ready=bar.close)
     except OSError as e:
         raise LazySlideError(f"cannot serve on {args.host}:{args.port}: {e.strerror or e}") from None
     finally:

@@ -8,7 +8,7 @@ __all__ = ["LazySlideServer", "serve"]
 
 
 def serve(model, store, *, seed: int = 0, host: str = "127.0.0.1", port: int = 8000,
-          max_slides: int = 8, progress=None) -> None:
+          max_slides: int = 8, progress=None, on_ready=None) -> None:
     """Open the slide of ``seed`` (level 0 made first), then serve until Ctrl-C."""
     from aiohttp import web
 
@@ -16,6 +16,8 @@ def serve(model, store, *, seed: int = 0, host: str = "127.0.0.1", port: int = 8
 
     server = LazySlideServer(model, store, max_slides=max_slides)
     entry = server.open_now(seed, progress=progress)
+    if on_ready is not None:
+        on_ready()
     if not OSD_DIR.is_dir():
         print(f"lazyslide: warning: viewer assets missing ({OSD_DIR}); run `make install`")
     shown = "localhost" if host in ("127.0.0.1", "::1") else host
