@@ -11,7 +11,8 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	# Constraints = a lock of a stack verified on these machines (torch from local disk, no backtracking).
-	$(PY) -m pip install -c requirements/constraints.txt -e '.[dev]'
+	$(PY) -m pip install -c requirements/constraints.txt -e '.[dev,wsi]'
+	$(PY) -m pip install -c requirements/constraints.txt --no-deps tiatoolbox==2.1.3
 	touch $(STAMP)
 
 # The viewer's OpenSeadragon comes from the npm registry (package-lock.json), served locally.

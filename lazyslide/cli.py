@@ -48,6 +48,10 @@ class _Bar:
 
             self.bar = tqdm(total=total, desc=self.desc, unit="tile", file=sys.stderr)
 
+    def step(self) -> None:
+        if self.bar is not None:
+            self.bar.update()
+
     def __call__(self, tile, kind: str) -> None:
         if self.bar is not None:
             self.bar.set_postfix_str(f"level {tile.level} ({tile.col},{tile.row}) {kind}")
@@ -192,6 +196,48 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_materialize(args: argparse.Namespace) -> int:
+    from .export import EXTENSIONS, export, tile_count
+    from .materialize import materialize, parse_seeds
+    from .slide import Slide
+
+    seeds = parse_seeds(args.seed)
+    out = Path(args.output)
+    if len(seeds) > 1:
+        if not out.is_dir():
+            raise LazySlideError(f"with several seeds, -o must be an existing folder: {out}")
+        targets = [out / f"seed{s}{EXTENSIONS[args.format]}" for s in seeds]
+    else:
+        targets = [out]
+    for target in targets:
+        if target.exists() and not args.overwrite:
+            raise LazySlideError(f"{target} exists (use --overwrite to replace it)")
+        if not target.parent.is_dir():
+            raise LazySlideError(f"output folder {target.parent} does not exist")
+    model = _model(args.model, args.device)
+    store = _store(args.cache)
+    report = []
+    for seed, target in zip(seeds, targets, strict=True):
+        started = time.perf_counter()
+        slide = Slide(model, seed, store, make_level0=False)
+        stats = materialize(slide, batch_size=args.batch_size, show_progress=not args.json)
+        bar = _Bar(f"writing {target.name}", enabled=not args.json)
+        bar.start(tile_count(slide, args.format, args.tiff_tile))
+        export(slide, target, args.format, compression=args.compression, quality=args.quality,
+               overwrite=args.overwrite, tile=args.tiff_tile,
+               progress=bar.step)
+        bar.close()
+        entry = {"seed": seed, "output": str(target), "model": model.fingerprint,
+                 "levels": stats.to_dict(), "seconds": round(time.perf_counter() - started, 3)}
+        report.append(entry)
+        if not args.json:
+            made = sum(s.generated for s in stats.levels)
+            print(f"wrote {target} ({made} tiles generated, {entry['seconds']} s)")
+    if args.json:
+        print(json.dumps(report[0] if len(report) == 1 else report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lazyslide", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -225,6 +271,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-slides", type=int, default=8, help="slides open at once (default 8)")
     serve.set_defaults(func=cmd_serve)
 
+    mat = sub.add_parser("materialize", help="generate whole slides and export them")
+    mat.add_argument("--model", required=True, help=model_help)
+    mat.add_argument("--seed", default="0", help="slide seed: N, A-B or a comma list (default 0)")
+    mat.add_argument("-o", "--output", required=True,
+                     help="output file (NAME.tiff/.svs/.ome.tiff/.dzi); a folder for several seeds")
+    mat.add_argument("--format", choices=["tiff", "svs", "ome-tiff", "dzi"], default="tiff")
+    mat.add_argument("--compression", choices=["jpeg", "deflate"], default="jpeg")
+    mat.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
+    mat.add_argument("--batch-size", type=int, default=1,
+                     help="independent tiles per model call (default 1; see README on batching)")
+    mat.add_argument("--tiff-tile", type=int, default=256, help="TIFF tile size (default 256)")
+    mat.add_argument("--cache", help="tile store folder (default ~/.cache/lazyslide)")
+    mat.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    mat.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    mat.add_argument("--json", action="store_true", help="print one JSON report")
+    mat.set_defaults(func=cmd_materialize)
+
     demo = sub.add_parser("demo", help="make the overview and a deep tile of a demo slide")
     demo.add_argument("--model", help="default: the bundled demo model, else random:demo")
     demo.add_argument("--seed", type=int, default=0)
@@ -237,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "seed", 0) < 0:
+    if isinstance(getattr(args, "seed", 0), int) and args.seed < 0:
         print("lazyslide: error: --seed must be non-negative", file=sys.stderr)
         return 2
     try:

@@ -95,6 +95,32 @@ class Slide:
     def is_stored(self, level: int, col: int, row: int) -> bool:
         return self._key(TileId(level, col, row)) in self.store
 
+    def make_batch(self, tiles: list[TileId], *, progress: Progress | None = None) -> list[str]:
+        """Make independent tiles of one level (dependencies stored) with one model call.
+
+        Used by batch export. The backends are not batch-invariant, so with more than one tile
+        per call the pixels may differ by 1 in a few values from tiles made one at a time; the
+        stored result is canonical either way.
+        """
+        todo = [t for t in tiles if self._key(t) not in self.store]
+        if not todo:
+            return []
+        jobs = [self._job(t) for t in todo]
+        background = [j.window is not None and not self._has_tissue(j) for j in jobs]
+        diffuse = [j for j, bg in zip(jobs, background, strict=True) if not bg]
+        with self._model_lock:
+            made = iter(generate(self.model, diffuse)) if diffuse else iter(())
+        kinds = []
+        for job, bg in zip(jobs, background, strict=True):
+            pixels = self._background_tile(job) if bg else next(made)
+            kind = "background" if bg else "generated"
+            self.store.put(self._key(job.tile), pixels)
+            (self.background if bg else self.generated)[job.tile.level] += 1
+            kinds.append(kind)
+            if progress is not None:
+                progress(job.tile, kind)
+        return kinds
+
     # -- making one tile -------------------------------------------------------------------------
     def _make(self, tile: TileId) -> str | None:
         """Make and store ``tile`` unless it exists; its dependencies must exist."""

@@ -18,8 +18,9 @@ from typing import Any
 from aiohttp import web
 
 from lazyslide import URCDM, Slide, TileStore
+from lazyslide.deepzoom import FORMATS, MEDIA_TYPES, DeepZoom
 
-from .deepzoom import FORMATS, MEDIA_TYPES, DeepZoom, EncodedCache
+from .cache import EncodedCache
 from .metrics import Metrics
 from .scheduler import Dropped, QueueFull, Scheduler
 

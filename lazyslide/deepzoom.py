@@ -1,5 +1,7 @@
 """Deep Zoom over a lazy slide: openslide-python's DeepZoomGenerator does the arithmetic.
 
+Shared by the tile server and the ``dzi`` export, so both give byte-identical tiles.
+
 ``DeepZoomGenerator`` runs over ``OpenSlideView``, so level count, level sizes, tile counts and
 tile sizes are exactly openslide's for the same width and height, and each Deep Zoom level is
 read from the lowest-resolution magnification level whose resolution is at least its own
@@ -10,12 +12,12 @@ tiles a Deep Zoom tile reads, so it can have them generated off the event loop f
 from __future__ import annotations
 
 import io
-import threading
-from collections import OrderedDict
 
 from openslide.deepzoom import DeepZoomGenerator
 
-from lazyslide import OpenSlideView, Slide, TileId
+from .geometry import TileId
+from .openslide_view import OpenSlideView
+from .slide import Slide
 
 FORMATS = {"jpeg": "JPEG", "jpg": "JPEG", "png": "PNG"}
 MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png"}
@@ -62,31 +64,3 @@ class DeepZoom:
         else:
             tile.save(buf, "PNG")
         return buf.getvalue()
-
-
-class EncodedCache:
-    """A bounded (bytes) LRU of encoded Deep Zoom tiles, so warm tiles never touch the model."""
-
-    def __init__(self, max_bytes: int = 256 << 20) -> None:
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[tuple, bytes] = OrderedDict()
-        self._size = 0
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple) -> bytes | None:
-        with self._lock:
-            data = self._items.get(key)
-            if data is not None:
-                self._items.move_to_end(key)
-            return data
-
-    def put(self, key: tuple, data: bytes) -> None:
-        with self._lock:
-            if key in self._items:
-                return
-            self._items[key] = data
-            self._size += len(data)
-            while self._size > self.max_bytes and self._items:
-                _, old = self._items.popitem(last=False)
-                self._size -= len(old)
-

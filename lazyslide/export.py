@@ -1,0 +1,225 @@
+"""Whole-slide export, streamed tile by tile from the store (never the whole canvas in memory).
+
+Formats:
+- ``tiff``: tiled BigTIFF, reduced-resolution pages (NewSubfileType 1), resolution tags;
+  multi-level in openslide (generic-tiff), tiffslide, tiatoolbox and pyvips.
+- ``svs``: the Aperio layout (ImageDescription with AppMag and MPP on every level, a thumbnail
+  page after level 0), so openslide reports objective power and a thumbnail.
+- ``ome-tiff``: OME-XML with the pyramid in SubIFDs, for Bio-Formats/QuPath (openslide reads
+  only its first level).
+- ``dzi``: a Deep Zoom folder whose descriptor and tiles are byte-identical to the server's.
+
+Every file is written under a temporary name and renamed when complete, so a partial file never
+looks finished. Reduced levels halve the one below: each full-resolution tile's 2x2-averaged
+half goes to a scratch file (tile-major), from which the next level's tiles are read back.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .deepzoom import DeepZoom
+from .errors import LazySlideError
+from .geometry import BACKGROUND_FILL
+from .slide import Slide
+
+FORMATS = ("tiff", "svs", "ome-tiff", "dzi")
+EXTENSIONS = {"tiff": ".tiff", "svs": ".svs", "ome-tiff": ".ome.tiff", "dzi": ".dzi"}
+COMPRESSIONS = ("jpeg", "deflate")
+
+
+class ExportError(LazySlideError):
+    """The export cannot be written (the message names the path and the problem)."""
+
+
+class Pyramid:
+    """Power-of-two levels of the slide's full-resolution canvas, as row-major tile streams."""
+
+    def __init__(self, slide: Slide, tile: int, scratch: Path) -> None:
+        if tile % 16 or tile <= 0:
+            raise ExportError(f"TIFF tile size must be a positive multiple of 16, got {tile}")
+        self.slide, self.tile, self.scratch = slide, tile, scratch
+        sizes = [slide.geometry.canvases[-1]]
+        while sizes[-1] > tile:
+            sizes.append((sizes[-1] + 1) // 2)
+        self.sizes = sizes
+
+    def grid(self, k: int) -> int:
+        return math.ceil(self.sizes[k] / self.tile)
+
+    def tiles(self, k: int, done: Callable[[], None] | None = None) -> Iterator[np.ndarray]:
+        """Level ``k``'s tiles, row-major; each tile's half goes to the scratch file of k+1."""
+        n, half = self.grid(k), self.tile // 2
+        out = open(self.scratch / f"{k + 1}.raw", "wb") if k + 1 < len(self.sizes) else None
+        try:
+            for r in range(n):
+                for c in range(n):
+                    tile = self._tile(k, r, c)
+                    if out is not None:
+                        small = tile.reshape(half, 2, half, 2, 3).mean((1, 3), dtype=np.float32)
+                        out.write(np.round(small).astype(np.uint8).tobytes())
+                        if r == c == n - 1:
+                            # the consumer may never resume us after the last tile: finish now
+                            out.close()
+                    if done is not None:
+                        done()
+                    yield tile
+        finally:
+            if out is not None:
+                out.close()
+
+    def _tile(self, k: int, r: int, c: int) -> np.ndarray:
+        t = self.tile
+        if k == 0:
+            deepest = self.slide.geometry.levels - 1
+            return self.slide.read_region(deepest, c * t, r * t, t, t)
+        half, prev = t // 2, self.grid(k - 1)
+        block = half * half * 3
+        tile = np.full((t, t, 3), BACKGROUND_FILL, np.uint8)
+        with open(self.scratch / f"{k}.raw", "rb") as f:
+            for dr in (0, 1):
+                for dc in (0, 1):
+                    br, bc = 2 * r + dr, 2 * c + dc
+                    if br < prev and bc < prev:
+                        data = os.pread(f.fileno(), block, (br * prev + bc) * block)
+                        tile[dr * half:(dr + 1) * half, dc * half:(dc + 1) * half] = \
+                            np.frombuffer(data, np.uint8).reshape(half, half, 3)
+        return tile
+
+
+def _tiff_codec(compression: str, quality: int) -> dict:
+    if compression == "jpeg":
+        return {"compression": "jpeg", "compressionargs": {"level": quality}}
+    return {"compression": "zlib", "compressionargs": {"level": 6}}
+
+
+def _aperio(slide: Slide, w: int, h: int, tile: int, compression: str, quality: int, mpp: float) -> str:
+    mag = 10.0 / slide.geometry.mpp
+    codec = f"JPEG/RGB Q={quality}" if compression == "jpeg" else "Deflate/RGB"
+    return (f"Aperio Image Library v12.0.15 lazyslide\r\n{w}x{h} [0,0 {w}x{h}] ({tile}x{tile}) "
+            f"{codec}|AppMag = {mag:g}|MPP = {mpp:.6f}|Filename = lazyslide "
+            f"{slide.model.fingerprint} seed {slide.seed}")
+
+
+def write_tiff(slide: Slide, path: Path, *, layout: str = "tiff", compression: str = "jpeg",
+               quality: int = 90, tile: int = 256, progress: Callable[[], None] | None = None) -> None:
+    """A tiled BigTIFF pyramid in the plain, Aperio (``svs``) or OME (``ome-tiff``) layout."""
+    import tifffile
+
+    g = slide.geometry
+    codec = _tiff_codec(compression, quality)
+    with tempfile.TemporaryDirectory(prefix="lazyslide-scratch-", dir=path.parent) as scratch:
+        pyr = Pyramid(slide, tile, Path(scratch))
+        with tifffile.TiffWriter(path, bigtiff=True, ome=layout == "ome-tiff") as tif:
+            for k, size in enumerate(pyr.sizes):
+                mpp = g.mpp * 2**k
+                res = 1e4 / mpp  # pixels per centimetre
+                kw = dict(shape=(size, size, 3), dtype=np.uint8, tile=(tile, tile), photometric="rgb",
+                          resolution=(res, res), resolutionunit="CENTIMETER", **codec)
+                if layout == "ome-tiff":
+                    if k == 0:
+                        kw["subifds"] = len(pyr.sizes) - 1
+                        kw["metadata"] = {"axes": "YXS", "Name": f"lazyslide seed {slide.seed}",
+                                          "PhysicalSizeX": mpp, "PhysicalSizeXUnit": "µm",
+                                          "PhysicalSizeY": mpp, "PhysicalSizeYUnit": "µm"}
+                    else:
+                        kw["subfiletype"] = 1
+                elif layout == "svs":
+                    kw["description"] = _aperio(slide, size, size, tile, compression, quality, mpp)
+                    kw["metadata"] = None
+                else:
+                    kw["subfiletype"] = 1 if k else 0
+                    kw["metadata"] = None
+                tif.write(pyr.tiles(k, progress), **kw)
+                if layout == "svs" and k == 0:
+                    thumb = _thumbnail(slide, 1024)
+                    tif.write(thumb, photometric="rgb", metadata=None, **_tiff_codec("jpeg", 85),
+                              description=_aperio(slide, thumb.shape[1], thumb.shape[0], 0,
+                                                  "jpeg", 85, g.mpp * size / thumb.shape[1]))
+
+
+def _thumbnail(slide: Slide, longest: int) -> np.ndarray:
+    g = slide.geometry
+    level = max(k for k in range(g.levels) if g.canvases[k] <= max(longest, g.canvases[0]))
+    c = g.canvases[level]
+    img = Image.fromarray(slide.read_region(level, 0, 0, c, c))
+    img.thumbnail((longest, longest), Image.Resampling.LANCZOS)
+    return np.asarray(img)
+
+
+def write_dzi(slide: Slide, path: Path, *, quality: int = 90,
+              progress: Callable[[], None] | None = None) -> None:
+    """``NAME.dzi`` and ``NAME_files/``, exactly as the server's Deep Zoom endpoint answers."""
+    dz = DeepZoom(slide, quality=quality)
+    files = path.with_name(path.name[: -len(".dzi")] + "_files")
+    partial = path.with_name(f".{files.name}.partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    for level in range(dz.dz.level_count):
+        (partial / str(level)).mkdir(parents=True)
+        cols, rows = dz.dz.level_tiles[level]
+        for row in range(rows):
+            for col in range(cols):
+                (partial / str(level) / f"{col}_{row}.jpeg").write_bytes(dz.render(level, col, row, "JPEG"))
+                if progress is not None:
+                    progress()
+    if files.exists():
+        shutil.rmtree(files)
+    partial.rename(files)
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(dz.descriptor())
+    tmp.replace(path)
+
+
+def tile_count(slide: Slide, fmt: str, tile: int = 256) -> int:
+    """How many output tiles an export writes (for progress bars)."""
+    if fmt == "dzi":
+        dz = DeepZoom(slide).dz
+        return dz.tile_count
+    with tempfile.TemporaryDirectory() as d:
+        pyr = Pyramid(slide, tile, Path(d))
+        return sum(pyr.grid(k) ** 2 for k in range(len(pyr.sizes)))
+
+
+def export(slide: Slide, out: Path, fmt: str, *, compression: str = "jpeg", quality: int = 90,
+           overwrite: bool = False, tile: int = 256, progress: Callable[[], None] | None = None) -> Path:
+    """Write the slide to ``out`` atomically (temporary name, then rename)."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if compression not in COMPRESSIONS:
+        raise ExportError(f"unknown compression {compression!r}; choose jpeg or deflate")
+    if not 1 <= quality <= 100:
+        raise ExportError(f"quality must be in 1..100, got {quality}")
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise ExportError(f"output folder {out.parent} does not exist")
+    if out.exists() and not overwrite:
+        raise ExportError(f"{out} exists (use --overwrite to replace it)")
+    try:
+        if fmt == "dzi":
+            if out.suffix != ".dzi":
+                raise ExportError(f"a Deep Zoom export must be named NAME.dzi, got {out.name}")
+            write_dzi(slide, out, quality=quality, progress=progress)
+            return out
+        tmp = out.with_name(f".{out.name}.partial")
+        try:
+            write_tiff(slide, tmp, layout=fmt, compression=compression, quality=quality, tile=tile,
+                       progress=progress)
+            tmp.replace(out)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return out
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ExportError(f"disk full while writing {out} (the tile store is intact; free space "
+                              "and rerun: nothing stored is generated again)") from None
+        raise ExportError(f"cannot write {out}: {e.strerror or e}") from None

@@ -1,0 +1,166 @@
+"""Whole-slide export: every format in every reader, exact pixels, DZI = server, resumable."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import openslide
+import pytest
+import pyvips
+import tiffslide
+
+from lazyslide import Slide, TileStore
+from lazyslide.cli import main
+from lazyslide.export import export
+from lazyslide.materialize import materialize, parse_seeds
+from lazyslide.server import LazySlideServer
+
+FORMATS = [("tiff", "slide.tiff"), ("svs", "slide.svs"), ("ome-tiff", "slide.ome.tiff")]
+
+
+@pytest.fixture(scope="module")
+def made(small_model, tmp_path_factory):
+    """One fully materialized slide, exported in every format and compression."""
+    d = tmp_path_factory.mktemp("export")
+    slide = Slide(small_model, 0, TileStore(d / "store"), make_level0=False)
+    stats = materialize(slide, show_progress=False)
+    files = {}
+    for fmt, name in FORMATS:
+        for comp in ("jpeg", "deflate"):
+            files[fmt, comp] = export(slide, d / f"{comp}-{name}", fmt, compression=comp, tile=64)
+    files["dzi", "jpeg"] = export(slide, d / "slide.dzi", "dzi")
+    return slide, stats, files
+
+
+def test_every_tile_is_made_once(made):
+    slide, stats, _ = made
+    assert [s.generated + s.background for s in stats.levels] == [1, 9, 49]
+    assert all(slide.is_stored(*t) for lv in range(3) for t in slide.geometry.tiles(lv))
+    again = materialize(slide, show_progress=False)
+    assert sum(s.generated for s in again.levels) == 0
+
+
+@pytest.mark.parametrize("fmt", ["tiff", "svs", "ome-tiff"])
+@pytest.mark.parametrize("comp", ["jpeg", "deflate"])
+def test_formats_open_in_every_reader(made, fmt, comp):
+    from tiatoolbox.wsicore.wsireader import WSIReader
+
+    slide, _, files = made
+    path = str(files[fmt, comp])
+    mpp = slide.geometry.mpp
+    osr = openslide.OpenSlide(path)
+    assert osr.dimensions == (200, 200)
+    assert osr.level_count == (1 if fmt == "ome-tiff" else 3)  # openslide reads no SubIFDs
+    assert float(osr.properties["openslide.mpp-x"]) == pytest.approx(mpp, rel=1e-5)
+    if fmt == "svs":
+        assert float(osr.properties["openslide.objective-power"]) == pytest.approx(10 / mpp, rel=1e-3)
+        assert "thumbnail" in osr.associated_images
+    ts = tiffslide.TiffSlide(path)
+    assert ts.dimensions == (200, 200) and ts.level_count == 3
+    assert ts.level_dimensions[1] == (100, 100)
+    assert float(ts.properties["tiffslide.mpp-x"]) == pytest.approx(mpp, rel=1e-5)
+    wsi = WSIReader.open(path)
+    assert tuple(wsi.info.slide_dimensions) == (200, 200) and wsi.info.level_count == 3
+    assert wsi.info.mpp[0] == pytest.approx(mpp, rel=1e-5)
+    v = pyvips.Image.new_from_file(path)
+    assert (v.width, v.height) == (200, 200)
+    if fmt != "ome-tiff":  # pyvips counts pages, not SubIFDs
+        assert v.get("n-pages") == (4 if fmt == "svs" else 3)
+
+
+@pytest.mark.parametrize("fmt", ["tiff", "svs", "ome-tiff"])
+def test_deflate_pixels_equal_read_region(made, fmt):
+    slide, _, files = made
+    expected = slide.read_region(2, 0, 0, 200, 200)
+    ts = tiffslide.TiffSlide(str(files[fmt, "deflate"]))
+    assert np.array_equal(np.asarray(ts.read_region((0, 0), 0, (200, 200)))[..., :3], expected)
+    osr = openslide.OpenSlide(str(files[fmt, "deflate"]))
+    assert np.array_equal(np.asarray(osr.read_region((0, 0), 0, (200, 200)))[..., :3], expected)
+
+
+async def test_dzi_export_equals_the_server(made, aiohttp_client):
+    slide, _, files = made
+    server = LazySlideServer(slide.model, slide.store)
+    server.open_now(0)
+    client = await aiohttp_client(server.app())
+    dzi = files["dzi", "jpeg"]
+    assert dzi.read_text() == await (await client.get("/slides/0.dzi")).text()
+    tiles = sorted((dzi.parent / "slide_files").rglob("*.jpeg"))
+    assert len(tiles) == server.slides["0"].dz.dz.tile_count
+    for path in tiles:
+        level = path.parent.name
+        r = await client.get(f"/slides/0_files/{level}/{path.name}")
+        assert r.status == 200 and await r.read() == path.read_bytes(), path
+
+
+def run_cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "lazyslide.cli", *args], capture_output=True,
+                          text=True, timeout=600, **kw)
+
+
+def test_killed_run_resumes_without_regenerating(small_model, tmp_path):
+    folder = tmp_path / "model"
+    small_model.save(folder)
+    base = ["materialize", "--model", str(folder), "--seed", "3", "--format", "tiff",
+            "--compression", "deflate", "--tiff-tile", "64"]
+    ref = run_cli(*base, "-o", str(tmp_path / "ref.tiff"), "--cache", str(tmp_path / "ref"), "--json")
+    assert ref.returncode == 0, ref.stderr
+    store_dir, out = tmp_path / "store", tmp_path / "slide.tiff"
+    proc = subprocess.Popen([sys.executable, "-m", "lazyslide.cli", *base, "-o", str(out),
+                             "--cache", str(store_dir)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    store = TileStore(store_dir)
+    deadline = time.time() + 300
+    while len(store) < 20 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    stored = len(store)
+    assert 20 <= stored < 59 and not out.exists()
+    again = run_cli(*base, "-o", str(out), "--cache", str(store_dir), "--json")
+    assert again.returncode == 0, again.stderr
+    report = json.loads(again.stdout)
+    levels = report["levels"].values()
+    assert sum(lv["stored_before"] for lv in levels) == stored
+    assert sum(lv["generated"] + lv["background"] for lv in levels) == 59 - stored
+    assert out.read_bytes() == (tmp_path / "ref.tiff").read_bytes()
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_several_seeds_one_file_each(small_model, tmp_path):
+    folder = tmp_path / "model"
+    small_model.save(folder)
+    r = run_cli("materialize", "--model", str(folder), "--seed", "0-1", "--format", "svs",
+                "-o", str(tmp_path), "--cache", str(tmp_path / "c"), "--json", "--tiff-tile", "64")
+    assert r.returncode == 0, r.stderr
+    assert [e["seed"] for e in json.loads(r.stdout)] == [0, 1]
+    assert (tmp_path / "seed0.svs").is_file() and (tmp_path / "seed1.svs").is_file()
+    assert parse_seeds("1,5,9-11") == [1, 5, 9, 10, 11]
+
+
+def test_bad_outputs_and_full_disk_give_one_line(small_model, tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "model"
+    small_model.save(folder)
+    cache = str(tmp_path / "c")
+    args = ["materialize", "--model", str(folder), "--cache", cache, "--tiff-tile", "64"]
+    assert main([*args, "-o", str(tmp_path / "missing" / "x.tiff")]) == 2
+    (tmp_path / "exists.tiff").write_bytes(b"x")
+    assert main([*args, "-o", str(tmp_path / "exists.tiff")]) == 2
+    assert main([*args, "--seed", "5-2", "-o", str(tmp_path / "y.tiff")]) == 2
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("lazyslide.export.write_tiff", full)
+    assert main([*args, "-o", str(tmp_path / "z.tiff")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert sum("lazyslide: error:" in line for line in err) == 4  # progress bars share stderr
+    assert "does not exist" in err[0] and "exists (use --overwrite" in err[1]
+    assert any("disk full" in line for line in err)
+    assert len(TileStore(cache)) == 59 and not (tmp_path / "z.tiff").exists()
