@@ -216,11 +216,34 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             raise LazySlideError(f"output folder {target.parent} does not exist")
     model = _model(args.model, args.device)
     store = _store(args.cache)
+    client = None
+    if args.workers or args.scheduler:
+        if args.batch_size != 1:
+            raise LazySlideError("--batch-size is for single-process runs: on Dask each tile is a "
+                                 "task of its own")
+        if args.workers < 0:
+            raise LazySlideError(f"--workers must be positive, got {args.workers}")
+        from .distributed import start_cluster
+
+        try:
+            if args.scheduler:
+                from distributed import Client
+
+                client = Client(args.scheduler, timeout=30)
+            else:
+                client = start_cluster(args.workers)
+        except OSError as e:
+            raise LazySlideError(f"cannot reach the Dask scheduler {args.scheduler}: {e}") from None
     report = []
     for seed, target in zip(seeds, targets, strict=True):
         started = time.perf_counter()
         slide = Slide(model, seed, store, make_level0=False)
-        stats = materialize(slide, batch_size=args.batch_size, show_progress=not args.json)
+        if client is not None:
+            from .distributed import materialize_on
+
+            stats = materialize_on(client, args.model, slide, show_progress=not args.json)
+        else:
+            stats = materialize(slide, batch_size=args.batch_size, show_progress=not args.json)
         bar = _Bar(f"writing {target.name}", enabled=not args.json)
         bar.start(tile_count(slide, args.format, args.tiff_tile))
         export(slide, target, args.format, compression=args.compression, quality=args.quality,
@@ -233,6 +256,8 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         if not args.json:
             made = sum(s.generated for s in stats.levels)
             print(f"wrote {target} ({made} tiles generated, {entry['seconds']} s)")
+    if client is not None:
+        client.close()
     if args.json:
         print(json.dumps(report[0] if len(report) == 1 else report))
     return 0
@@ -282,6 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     mat.add_argument("--batch-size", type=int, default=1,
                      help="independent tiles per model call (default 1; see README on batching)")
     mat.add_argument("--tiff-tile", type=int, default=256, help="TIFF tile size (default 256)")
+    where = mat.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=0,
+                       help="start a local Dask cluster: one worker per GPU, else K processes")
+    where.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:port)")
     mat.add_argument("--cache", help="tile store folder (default ~/.cache/lazyslide)")
     mat.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     mat.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -300,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if isinstance(getattr(args, "seed", 0), int) and args.seed < 0:
+    seed = getattr(args, "seed", 0)
+    if isinstance(seed, int) and seed < 0:
         print("lazyslide: error: --seed must be non-negative", file=sys.stderr)
         return 2
     try:

@@ -101,3 +101,25 @@ class TileStore:
             self._memory.move_to_end(key)
             while len(self._memory) > self._memory_tiles:
                 self._memory.popitem(last=False)
+
+
+class MemoryStore:
+    """The store interface over a dict: what a Dask worker builds from its task's inputs."""
+
+    def __init__(self, tiles: dict[str, np.ndarray] | None = None) -> None:
+        self._tiles = dict(tiles or {})
+
+    def get(self, key: str) -> np.ndarray | None:
+        return self._tiles.get(key)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._tiles
+
+    def put(self, key: str, tile: np.ndarray) -> np.ndarray:
+        tile = np.array(tile, dtype=np.uint8, copy=True)
+        tile.flags.writeable = False
+        self._tiles[key] = tile
+        return tile
+
+    def __len__(self) -> int:
+        return len(self._tiles)

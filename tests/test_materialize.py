@@ -164,3 +164,18 @@ def test_bad_outputs_and_full_disk_give_one_line(small_model, tmp_path, monkeypa
     assert "does not exist" in err[0] and "exists (use --overwrite" in err[1]
     assert any("disk full" in line for line in err)
     assert len(TileStore(cache)) == 59 and not (tmp_path / "z.tiff").exists()
+
+
+def test_two_dask_workers_give_the_same_file(small_model, tmp_path):
+    folder = tmp_path / "model"
+    small_model.save(folder)
+    base = ["materialize", "--model", str(folder), "--seed", "4", "--format", "tiff",
+            "--compression", "deflate", "--tiff-tile", "64", "--json"]
+    one = run_cli(*base, "-o", str(tmp_path / "one.tiff"), "--cache", str(tmp_path / "c1"))
+    assert one.returncode == 0, one.stderr
+    two = run_cli(*base, "-o", str(tmp_path / "two.tiff"), "--cache", str(tmp_path / "c2"),
+                  "--workers", "2")
+    assert two.returncode == 0, two.stderr
+    report = json.loads(two.stdout)
+    assert sum(lv["generated"] + lv["background"] for lv in report["levels"].values()) == 59
+    assert (tmp_path / "one.tiff").read_bytes() == (tmp_path / "two.tiff").read_bytes()
