@@ -111,7 +111,7 @@ def main() -> None:
     ap.add_argument("--skip-writer", action="store_true")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 4])
-    ap.add_argument("--presets", nargs="+", default=["test", "demo"])
+    ap.add_argument("--presets", nargs="*", default=["test", "demo"], help="none: writer only")
     ap.add_argument("--writer", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.writer:
