@@ -100,8 +100,9 @@ def materialize_on(client, spec: str, slide: Slide, *, show_progress: bool = Tru
                 args.append(scattered[d])
         futures[t] = client.submit(make_tile_task, spec, fp, seed, tuple(t), deps, *args,
                                    key=f"lazyslide-{fp}-{seed}-{t.level}-{t.col}-{t.row}", pure=False)
-    bar = tqdm(total=len(missing), desc="tiles", unit="tile", file=sys.stderr,
-               disable=not show_progress, dynamic_ncols=True)
+    bars = [tqdm(total=st.tiles, initial=st.stored_before, desc=f"level {st.level}", unit="tile",
+                 file=sys.stderr, disable=not show_progress, dynamic_ncols=True, position=st.level)
+            for st in stats.levels]
     for fut in as_completed(list(futures.values())):
         tile, kind, pixels = fut.result()
         tile = TileId(*tile)
@@ -111,7 +112,9 @@ def materialize_on(client, spec: str, slide: Slide, *, show_progress: bool = Tru
             st.generated += 1
         else:
             st.background += 1
-        bar.update()
+        bars[tile.level].update()
+        bars[tile.level].set_postfix(generated=st.generated, background=st.background)
         del futures[tile]  # the scheduler keeps it as long as a dependent task needs it
-    bar.close()
+    for bar in bars:
+        bar.close()
     return stats
