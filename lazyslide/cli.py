@@ -63,6 +63,17 @@ class _Bar:
             self.bar = None
 
 
+def _default_spec() -> str:
+    """The bundled demo model where it exists, else random weights of the demo preset."""
+    from .model import DEMO_MODEL_DIR
+
+    if (DEMO_MODEL_DIR / "config.json").is_file():
+        return "demo"
+    print("lazyslide: no trained demo model is bundled yet: using random:demo (random weights: "
+          "noise, not tissue). Train one (see README) and pass --model FOLDER.", file=sys.stderr)
+    return "random:demo"
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     model = _model(args.model)
     g = model.geometry
@@ -140,13 +151,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Until the tile server exists: the overview and one deepest tile of a demo slide."""
     from PIL import Image
 
-    from .model import DEMO_MODEL_DIR
     from .slide import Slide
 
-    spec = args.model or ("demo" if (DEMO_MODEL_DIR / "config.json").is_file() else "random:demo")
-    if spec == "random:demo":
-        print("no trained demo model is bundled yet: using random weights (random:demo), so "
-              "tiles show structured noise, not tissue", file=sys.stderr)
+    spec = args.model or _default_spec()
     model = _model(spec, args.device)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -168,19 +175,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .model import DEMO_MODEL_DIR
-
     try:
         from lazyslide.server import serve
     except ImportError as e:
         raise LazySlideError(f"the server is not installed ({e}); run `make install`") from None
-    spec = args.model
-    if spec is None:
-        if not (DEMO_MODEL_DIR / "config.json").is_file():
-            print("lazyslide: no trained demo model is bundled yet: serving random:demo (random "
-                  "weights: noise, not tissue). Train one (see README) and pass --model FOLDER.",
-                  file=sys.stderr)
-        spec = "demo" if (DEMO_MODEL_DIR / "config.json").is_file() else "random:demo"
+    spec = args.model or _default_spec()
     if not 0 < args.port < 65536:
         raise LazySlideError(f"--port must be in 1..65535, got {args.port}")
     model = _model(spec, args.device)

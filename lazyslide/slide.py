@@ -103,13 +103,29 @@ class Slide:
         stored result is canonical either way.
         """
         todo = [t for t in tiles if self._key(t) not in self.store]
-        if not todo:
-            return []
-        jobs = [self._job(t) for t in todo]
+        return self._produce(todo, progress) if todo else []
+
+    # -- making one tile -------------------------------------------------------------------------
+    def _make(self, tile: TileId) -> str | None:
+        """Make and store ``tile`` unless it exists; its dependencies must exist."""
+        with self._lock_for(tile):
+            if self._key(tile) in self.store:
+                return None  # made meanwhile by another thread (or process)
+            kind = self._produce([tile])[0]
+        with self._locks_guard:
+            self._locks.pop(tile, None)
+        return kind
+
+    def _produce(self, tiles: list[TileId], progress: Progress | None = None) -> list[str]:
+        """Make and store independent tiles whose dependencies are stored: background tiles
+        from the parent, the others with one model call. Returns each tile's kind."""
+        jobs = [self._job(t) for t in tiles]
         background = [j.window is not None and not self._has_tissue(j) for j in jobs]
         diffuse = [j for j, bg in zip(jobs, background, strict=True) if not bg]
-        with self._model_lock:
-            made = iter(generate(self.model, diffuse)) if diffuse else iter(())
+        made = iter(())
+        if diffuse:
+            with self._model_lock:
+                made = iter(generate(self.model, diffuse))
         kinds = []
         for job, bg in zip(jobs, background, strict=True):
             pixels = self._background_tile(job) if bg else next(made)
@@ -120,25 +136,6 @@ class Slide:
             if progress is not None:
                 progress(job.tile, kind)
         return kinds
-
-    # -- making one tile -------------------------------------------------------------------------
-    def _make(self, tile: TileId) -> str | None:
-        """Make and store ``tile`` unless it exists; its dependencies must exist."""
-        with self._lock_for(tile):
-            if self._key(tile) in self.store:
-                return None  # made meanwhile by another thread (or process)
-            job = self._job(tile)
-            if job.window is not None and not self._has_tissue(job):
-                pixels, kind = self._background_tile(job), "background"
-            else:
-                with self._model_lock:
-                    pixels = generate(self.model, [job])[0]
-                kind = "generated"
-            self.store.put(self._key(tile), pixels)
-            (self.generated if kind == "generated" else self.background)[tile.level] += 1
-        with self._locks_guard:
-            self._locks.pop(tile, None)
-        return kind
 
     def _job(self, tile: TileId) -> TileJob:
         t = self.geometry.tile
