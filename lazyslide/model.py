@@ -49,10 +49,11 @@ UNETS: dict[str, list[dict[str, Any]]] = {
         dict(dim=128, dim_mults=[1, 2, 4, 8], num_resnet_blocks=[2, 4, 6, 8],
              layer_attns=False, layer_cross_attns=False),
     ],
+    # Sized so the nine unets fit the bundled demo model's 25 MB (fp16) and train on a CPU.
     "demo": [
-        dict(dim=32, dim_mults=[1, 2, 4], num_resnet_blocks=1,
+        dict(dim=24, dim_mults=[1, 2, 4], num_resnet_blocks=1,
              layer_attns=[False, False, True], **_COMMON),
-        dict(dim=32, dim_mults=[1, 2, 4], num_resnet_blocks=1, layer_attns=False, **_COMMON),
+        dict(dim=16, dim_mults=[1, 2, 4], num_resnet_blocks=1, layer_attns=False, **_COMMON),
         dict(dim=16, dim_mults=[1, 2, 4], num_resnet_blocks=1, layer_attns=False,
              memory_efficient=True, **_COMMON),
     ],
@@ -90,7 +91,31 @@ def default_config(preset_name: str) -> dict[str, Any]:
     }
 
 
-def _file_name(level: int, stage: int) -> str:
+def build_unet(config: dict[str, Any], level: int, stage: int) -> nn.Module:
+    """The imagen-pytorch Unet of (level, cascade stage) as ``config`` describes it (fresh init)."""
+    from ._imagen import imagen
+
+    kwargs = dict(config["unets"][level][stage])
+    kwargs.update(
+        channels=3,
+        cond_on_text=False,
+        text_embed_dim=None,
+        lowres_cond=stage > 0,
+        cond_images_channels=3 if level > 0 else 0,
+    )
+    for k, v in kwargs.items():
+        if isinstance(v, list):
+            kwargs[k] = tuple(v)
+    # imagen-pytorch prints advice about small dims on stdout; keep stdout for our output.
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            return imagen().Unet(**kwargs)
+        except (TypeError, AssertionError, ValueError) as e:
+            raise ModelError(f"unet config for level {level} unet {stage + 1} rejected "
+                             f"by imagen-pytorch: {e}") from None
+
+
+def file_name(level: int, stage: int) -> str:
     return f"level{level}_unet{stage + 1}.safetensors"
 
 
@@ -151,7 +176,7 @@ class URCDM:
         model = cls(config, state, source=str(folder))  # validates the config first
         for level, stages in enumerate(config["unets"]):
             for stage in range(len(stages)):
-                name = _file_name(level, stage)
+                name = file_name(level, stage)
                 path = folder / name
                 if name not in weights:
                     raise ModelError(f"{cfg_path}: no checksum for {name}")
@@ -189,14 +214,20 @@ class URCDM:
                              "'demo' or 'random:PRESET[:INIT_SEED]')")
         return cls.load(spec)
 
-    def save(self, folder: str | Path) -> None:
-        """Write config.json and the nine safetensors files (checksums in the config)."""
+    def save(self, folder: str | Path, dtype: torch.dtype | None = None) -> None:
+        """Write config.json and the nine safetensors files (checksums in the config).
+
+        ``dtype`` stores floating-point weights in another precision (they load back into the
+        float32 unets).
+        """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         weights = {}
         for level, stage in self.unet_keys():
-            name = _file_name(level, stage)
+            name = file_name(level, stage)
             sd = {k: v.detach().cpu().contiguous() for k, v in self.unet(level, stage).state_dict().items()}
+            if dtype is not None:
+                sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
             save_file(sd, folder / name)
             weights[name] = _sha256(folder / name)
         config = dict(self.config, weights=weights)
@@ -284,26 +315,7 @@ class URCDM:
                 raise ModelError(f"model config: steps and resample must be integers >= 1, got {v!r}")
 
     def _construct(self, level: int, stage: int) -> nn.Module:
-        from ._imagen import imagen
-
-        kwargs = dict(self.config["unets"][level][stage])
-        kwargs.update(
-            channels=3,
-            cond_on_text=False,
-            text_embed_dim=None,
-            lowres_cond=stage > 0,
-            cond_images_channels=3 if level > 0 else 0,
-        )
-        for k, v in kwargs.items():
-            if isinstance(v, list):
-                kwargs[k] = tuple(v)
-        # imagen-pytorch prints advice about small dims on stdout; keep stdout for our output.
-        with contextlib.redirect_stdout(io.StringIO()):
-            try:
-                return imagen().Unet(**kwargs)
-            except (TypeError, AssertionError, ValueError) as e:
-                raise ModelError(f"unet config for level {level} unet {stage + 1} rejected "
-                                 f"by imagen-pytorch: {e}") from None
+        return build_unet(self.config, level, stage)
 
     def _build(self, level: int, stage: int) -> None:
         if (level, stage) in self._state:
@@ -312,7 +324,7 @@ class URCDM:
                 unet.load_state_dict(self._state.pop((level, stage)), strict=True)
             except RuntimeError as e:
                 first = str(e).splitlines()[1:3]
-                raise ModelError(f"{_file_name(level, stage)}: weights do not match the config "
+                raise ModelError(f"{file_name(level, stage)}: weights do not match the config "
                                  f"({' '.join(s.strip() for s in first)[:300]})") from None
         elif self._init_seed is not None:
             with torch.random.fork_rng(devices=[]):

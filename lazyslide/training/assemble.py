@@ -1,0 +1,72 @@
+"""Nine training runs -> one model folder (EMA weights, checked against one config)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from ..model import URCDM, default_config
+from .trainer import TrainError, run_summary
+
+
+def assemble(runs: Sequence[str | Path], out: str | Path, *, dtype: str = "float32",
+             overwrite: bool = False) -> URCDM:
+    """Build a model folder from one run per (level, unet); all must share one model config.
+
+    ``dtype="float16"`` halves the files (the bundled demo model); weights load back into
+    float32 unets.
+    """
+    out = Path(out)
+    if (out / "config.json").exists() and not overwrite:
+        raise TrainError(f"{out} already holds a model (use --overwrite to replace it)")
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise TrainError(f"--dtype must be float32, float16 or bfloat16, got {dtype}")
+    summaries = [(Path(r), run_summary(r)) for r in runs]
+    if not summaries:
+        raise TrainError("give the training runs to assemble")
+    first_path, first = summaries[0]
+    by_unet: dict[tuple[int, int], tuple[Path, dict]] = {}
+    for path, s in summaries:
+        if s["model"] != first["model"]:
+            diff = sorted(k for k in s["model"] if s["model"][k] != first["model"].get(k))
+            raise TrainError(f"{path} and {first_path} disagree on the model config ({', '.join(diff)}): "
+                             "a model needs all nine unets trained for one preset and geometry")
+        key = (s["level"], s["unet"] - 1)
+        if key in by_unet:
+            raise TrainError(f"{path} and {by_unet[key][0]} both train level {key[0]} unet {key[1] + 1}")
+        by_unet[key] = (path, s)
+    config: dict[str, Any] = default_config(first["preset"])
+    config.update({k: first["model"][k] for k in ("geometry", "diffusion", "sampling", "background")})
+    want = [(lv, st) for lv in range(len(config["unets"])) for st in range(len(config["unets"][lv]))]
+    missing = [f"level {lv} unet {st + 1}" for lv, st in want if (lv, st) not in by_unet]
+    if missing:
+        raise TrainError(f"missing runs for {', '.join(missing)}")
+    state = {}
+    for (lv, st), (path, s) in by_unet.items():
+        if s["architecture"] != config["unets"][lv][st]:
+            raise TrainError(f"{path}: its unet architecture is not the {first['preset']!r} preset's")
+        ema = load_file(path / "checkpoint" / "ema.safetensors")
+        weights = {k[len("ema_model."):]: v for k, v in ema.items() if k.startswith("ema_model.")}
+        state[(lv, st)] = {k: v.to(getattr(torch, dtype)) if v.is_floating_point() else v
+                           for k, v in weights.items()}
+    config["training"] = {
+        f"level{lv}_unet{st + 1}": {"steps": s["step"], "settings": s["settings"], "run": path.name}
+        for (lv, st), (path, s) in sorted(by_unet.items())
+    }
+    config["dtype"] = dtype
+    model = URCDM(config, state, source=str(out))
+    for lv, st in want:
+        model.unet(lv, st)  # loads (and checks) every unet against the config
+    model.save(out, dtype=getattr(torch, dtype))
+    return URCDM.load(out)
+
+
+def describe(model_dir: str | Path) -> str:
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    steps = ", ".join(f"{k}: {v['steps']}" for k, v in cfg.get("training", {}).items())
+    return f"{model_dir}: preset {cfg['preset']}, {cfg.get('dtype', 'float32')}, steps {steps}"

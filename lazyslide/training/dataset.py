@@ -1,0 +1,96 @@
+"""Prepared pairs -> the tensors one cascade stage sees, exactly as the generator builds them.
+
+Stage ``s`` of a level learns to make the target at ``cascade[s]`` px (area-downsampled, as the
+generator downsamples stored neighbours), from the previous stage's size upsampled by nearest
+neighbour (as the generator upsamples its previous stage) and, for levels >= 1, the parent
+window through ``conditioning.cond_image``. Augmentation: the 8 dihedral transforms (paper),
+applied to target and window together (both are centred on the same point, so they stay
+aligned), and optional random crops for super-resolution stages (imagen's ``random_crop_sizes``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..conditioning import cond_image, resize, to_model_space
+from ..geometry import Geometry
+from .prepare import DatasetError, load_manifest
+
+
+@dataclass
+class StageBatch:
+    x0: Tensor
+    lowres: Tensor | None
+    cond: Tensor | None
+
+
+def dihedral(x: Tensor, k: int) -> Tensor:
+    """One of the 8 symmetries of the square (k in 0..7) on (..., H, W)."""
+    x = torch.rot90(x, k % 4, dims=(-2, -1))
+    return x.flip(-1) if k >= 4 else x
+
+
+class PairDataset:
+    """All pairs of one level of a prepared dataset, in memory (uint8)."""
+
+    def __init__(self, folder: str | Path, level: int) -> None:
+        self.folder = Path(folder)
+        self.manifest = load_manifest(self.folder)
+        try:
+            self.geometry = Geometry.from_dict(self.manifest["geometry"])
+        except Exception as e:
+            raise DatasetError(f"{folder}: bad geometry in manifest.json ({e})") from None
+        self.preset = self.manifest.get("preset")
+        self.level = level
+        if str(level) not in self.manifest["levels"]:
+            have = ", ".join(sorted(self.manifest["levels"])) or "none"
+            raise DatasetError(f"{folder} has no level {level} pairs (levels prepared: {have})")
+        shards = [s for s in self.manifest["shards"] if s["level"] == level]
+        if not shards:
+            raise DatasetError(f"{folder}: level {level} holds no pairs (every target was background "
+                               "or no slide could be read)")
+        targets, windows = [], []
+        for s in shards:
+            base = self.folder / s["file"]
+            try:
+                targets.append(np.load(f"{base}.targets.npy"))
+                if level > 0:
+                    windows.append(np.load(f"{base}.windows.npy"))
+            except (OSError, ValueError) as e:
+                raise DatasetError(f"{base}: unreadable shard ({e})") from None
+        self.targets = np.concatenate(targets)
+        self.windows = np.concatenate(windows) if level > 0 else None
+        t = self.geometry.tile
+        if self.targets.shape[1:] != (t, t, 3):
+            raise DatasetError(f"{folder}: level {level} targets are {self.targets.shape[1:]}, "
+                               f"the geometry's tile is {t}")
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def stage_batch(self, index: Tensor, stage: int, *, generator: torch.Generator | None = None,
+                    augment: bool = True, crop: int | None = None) -> StageBatch:
+        """Inputs and target of cascade ``stage`` for the pairs ``index``."""
+        g = self.geometry
+        size = g.cascade[stage]
+        idx = index.tolist()
+        x = to_model_space(self.targets[idx])
+        w = cond_image(self.windows[idx], g.tile) if self.windows is not None else None
+        if augment:
+            ks = torch.randint(8, (len(idx),), generator=generator).tolist()
+            x = torch.stack([dihedral(xi, k) for xi, k in zip(x, ks, strict=True)])
+            if w is not None:
+                w = torch.stack([dihedral(wi, k) for wi, k in zip(w, ks, strict=True)])
+        x0 = resize(x, size)
+        lowres = resize(resize(x, g.cascade[stage - 1]), size) if stage > 0 else None
+        cond = resize(w, size) if w is not None else None
+        if crop is not None and crop < size:
+            ox, oy = torch.randint(size - crop + 1, (2,), generator=generator).tolist()
+            x0, lowres, cond = (None if v is None else v[..., oy:oy + crop, ox:ox + crop]
+                                for v in (x0, lowres, cond))
+        return StageBatch(x0, lowres, cond)

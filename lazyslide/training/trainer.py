@@ -1,0 +1,387 @@
+"""Train one of the nine unets: checkpoints, resume, loss curve and sample grids.
+
+Why not imagen-pytorch's ``ImagenTrainer``: its ``Imagen`` makes the low-resolution input by
+nearest-neighbour downsampling of the target and takes the conditioning image as given, while
+lazyslide's generator feeds area-downsampled neighbours and normalised, area-resized parent
+windows; it also draws from the global RNG and checkpoints as pickles. This loop keeps the
+pieces that matter from the same stack: imagen's Unet and loss (``objective``), accelerate (so
+``accelerate launch lazyslide train ...`` trains on several GPUs), gradient clipping at 1 and
+ema-pytorch's EMA, as ``ImagenTrainer`` uses them.
+
+Run folder::
+
+    RUN/config.json            level, unet, geometry, architecture, training settings
+    RUN/checkpoint/            unet, ema, optimizer (.safetensors) + state.json (step)
+    RUN/loss.csv, RUN/loss.png
+    RUN/samples/step{N}.png    rows: [parent window] [low-res input] sample (EMA) real
+
+A step is a pure function of (weights, seed, step), so a run killed after a checkpoint and
+started again continues exactly where the checkpoint left it.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from ..conditioning import to_uint8
+from ..errors import LazySlideError
+from ..generator import x0_predictor
+from ..model import FORMAT as MODEL_FORMAT
+from ..model import build_unet, default_config
+from ..sampler import SCHEDULES, TileNoise, derive_seed, q_sample, sample
+from .dataset import PairDataset
+from .objective import diffusion_loss
+
+RUN_FORMAT = "lazyslide-run/1"
+#: Random crop size per cascade stage while training (None = whole images), per preset.
+CROPS: dict[str, list[int | None]] = {
+    "paper": [None, None, 256],  # the authors' third unet trains on 256 px crops
+    "demo": [None, 32, 64],
+    "test": [None, None, None],
+}
+
+
+class TrainError(LazySlideError):
+    """A run that cannot start or resume as asked."""
+
+
+@dataclass
+class TrainSettings:
+    batch_size: int = 16
+    lr: float = 1e-4
+    seed: int = 0
+    crop: int | None = None
+    ema_beta: float = 0.9999
+    ema_update_every: int = 1
+    max_grad_norm: float = 1.0
+    min_snr_gamma: float = 5.0
+
+
+def model_config(preset: str | None, geometry: dict) -> dict[str, Any]:
+    """The model config a run trains against: the preset's, with the dataset's geometry (mpp)."""
+    if preset is None:
+        raise TrainError("the dataset has no preset; prepare it with --preset")
+    try:
+        config = default_config(preset)
+    except LazySlideError as e:
+        raise TrainError(f"dataset preset: {e}") from None
+    g0 = dict(config["geometry"], mpp=None)
+    if dict(geometry, mpp=None) != g0:
+        raise TrainError(f"the dataset's geometry {geometry} is not the {preset!r} preset's "
+                         f"{config['geometry']}: prepare it again with --preset {preset}")
+    config["geometry"] = dict(geometry)
+    return config
+
+
+class Trainer:
+    """One unet (level, stage) of a model config, trained on one level of a prepared dataset."""
+
+    def __init__(self, data: str | Path, run: str | Path, level: int, unet: int,
+                 settings: TrainSettings | None = None, *, device: str | None = None) -> None:
+        from accelerate import Accelerator
+        from ema_pytorch import EMA
+
+        self.run = Path(run)
+        self.dataset = PairDataset(data, level)
+        model_cfg = model_config(self.dataset.preset, self.dataset.manifest["geometry"])
+        n_stages = len(self.dataset.geometry.cascade)
+        if not 1 <= unet <= n_stages:
+            raise TrainError(f"--unet must be in 1..{n_stages}, got {unet}")
+        self.level, self.stage = level, unet - 1
+        settings = settings or TrainSettings()
+        if settings.crop is None:
+            settings.crop = CROPS.get(self.dataset.preset, [None] * n_stages)[self.stage]
+        self.settings = settings
+        self.config = {
+            "format": RUN_FORMAT,
+            "level": level,
+            "unet": unet,
+            "preset": self.dataset.preset,
+            "model": {k: model_cfg[k] for k in ("format", "preset", "geometry", "diffusion",
+                                                "sampling", "background")},
+            "architecture": model_cfg["unets"][level][self.stage],
+            "settings": asdict(settings),
+            "dataset": {"path": str(Path(data).resolve()), "pairs": len(self.dataset)},
+        }
+        self._check_run()
+        self.accelerator = Accelerator(cpu=device == "cpu")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed("train-init", settings.seed, level, self.stage))
+            net = build_unet(model_cfg, level, self.stage)
+        self.optimizer = torch.optim.Adam(net.parameters(), lr=settings.lr, betas=(0.9, 0.99), eps=1e-8)
+        self.unet, self.optimizer = self.accelerator.prepare(net, self.optimizer)
+        self.ema = EMA(self.accelerator.unwrap_model(self.unet), beta=settings.ema_beta,
+                       update_after_step=0, update_every=settings.ema_update_every)
+        self.ema.to(self.accelerator.device)
+        diff = model_cfg["diffusion"]
+        self.objective = diff["objectives"][self.stage]
+        self.schedule = SCHEDULES[diff["schedules"][self.stage]]
+        self.lowres_schedule = SCHEDULES[diff["lowres_noise_schedule"]]
+        self.lowres_level = float(diff["lowres_noise_level"])
+        self.sampling = model_cfg["sampling"]
+        self.step = 0
+        self._resume()
+
+    # -- run folder --------------------------------------------------------------------------
+    def _check_run(self) -> None:
+        cfg_path = self.run / "config.json"
+        if cfg_path.is_file():
+            try:
+                old = json.loads(cfg_path.read_text())
+            except json.JSONDecodeError as e:
+                raise TrainError(f"{cfg_path}: not valid JSON ({e})") from None
+            if old.get("format") != RUN_FORMAT:
+                raise TrainError(f"{self.run} is not a lazyslide training run")
+            mine = json.loads(json.dumps(self.config))
+            for key in ("level", "unet", "preset", "model", "architecture", "settings"):
+                if old.get(key) != mine[key]:
+                    raise TrainError(
+                        f"{self.run} holds a run with another {key} ({json.dumps(old.get(key))[:120]}, "
+                        f"asked for {json.dumps(mine[key])[:120]}); resume it with the same "
+                        "arguments or train into a new folder")
+        elif self.run.exists() and any(self.run.iterdir()):
+            raise TrainError(f"{self.run} exists and is not a training run; choose a new folder")
+        self.run.mkdir(parents=True, exist_ok=True)
+        cfg_path.write_text(json.dumps(self.config, indent=1) + "\n")
+
+    def _resume(self) -> None:
+        ckpt = self.run / "checkpoint"
+        if not (ckpt / "state.json").is_file():
+            return
+        try:
+            state = json.loads((ckpt / "state.json").read_text())
+            net = self.accelerator.unwrap_model(self.unet)
+            net.load_state_dict(load_file(ckpt / "unet.safetensors"))
+            self.ema.load_state_dict(load_file(ckpt / "ema.safetensors"))
+            self.optimizer.load_state_dict(_load_optimizer(ckpt / "optimizer.safetensors"))
+        except (OSError, RuntimeError, KeyError, ValueError, json.JSONDecodeError) as e:
+            raise TrainError(f"{ckpt}: checkpoint unusable ({str(e).splitlines()[0][:200]}); "
+                             "remove it to start over") from None
+        self.step = int(state["step"])
+        _truncate_log(self.run / "loss.csv", self.step)
+
+    def save_checkpoint(self) -> None:
+        """Write the checkpoint folder atomically (temp folder, then rename)."""
+        if not self.accelerator.is_main_process:
+            return
+        tmp, final = self.run / "checkpoint.tmp", self.run / "checkpoint"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        net = self.accelerator.unwrap_model(self.unet)
+        save_file(_contiguous(net.state_dict()), tmp / "unet.safetensors")
+        save_file(_contiguous(self.ema.state_dict()), tmp / "ema.safetensors")
+        _save_optimizer(self.optimizer.state_dict(), tmp / "optimizer.safetensors")
+        (tmp / "state.json").write_text(json.dumps({"step": self.step, "time": time.time()}) + "\n")
+        old = self.run / "checkpoint.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def ema_state(self) -> dict[str, torch.Tensor]:
+        """The EMA unet's weights (what a model folder ships)."""
+        return _contiguous(self.ema.ema_model.state_dict())
+
+    # -- training ------------------------------------------------------------------------------
+    def train_step(self) -> float:
+        s = self.settings
+        g = torch.Generator().manual_seed(
+            derive_seed("train", s.seed, self.level, self.stage, self.step, self.accelerator.process_index))
+        index = torch.randint(len(self.dataset), (s.batch_size,), generator=g)
+        b = self.dataset.stage_batch(index, self.stage, generator=g, crop=s.crop)
+        dev = self.accelerator.device
+        self.unet.train()
+        # Layers that draw from the global RNG (dropout) get a per-step seed too.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed("train-global", s.seed, self.step))
+            loss = diffusion_loss(
+                self.unet, b.x0.to(dev), schedule=self.schedule, objective=self.objective,
+                generator=g, lowres=None if b.lowres is None else b.lowres.to(dev),
+                lowres_schedule=self.lowres_schedule, cond=None if b.cond is None else b.cond.to(dev),
+                min_snr_gamma=s.min_snr_gamma)
+            self.accelerator.backward(loss)
+        self.accelerator.clip_grad_norm_(self.unet.parameters(), s.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update()
+        self.step += 1
+        return float(loss.detach())
+
+    def fit(self, steps: int, *, checkpoint_every: int = 500, sample_every: int = 0,
+            progress: bool = True) -> dict[str, Any]:
+        """Train up to ``steps`` (total, counting resumed ones); returns a summary."""
+        from tqdm import tqdm
+
+        start, t0 = self.step, time.perf_counter()
+        log = _LossLog(self.run / "loss.csv")
+        bar = tqdm(total=steps, initial=self.step, desc=f"level {self.level} unet {self.stage + 1}",
+                   unit="step", disable=not progress or not self.accelerator.is_main_process)
+        loss = float("nan")
+        while self.step < steps:
+            loss = self.train_step()
+            log.add(self.step, loss)
+            bar.update()
+            bar.set_postfix(loss=f"{log.mean():.4f}")
+            if self.step % checkpoint_every == 0 or self.step == steps:
+                log.flush()
+                self.save_checkpoint()
+                self.plot_loss()
+            if sample_every and (self.step % sample_every == 0 or self.step == steps):
+                self.sample_grid()
+        bar.close()
+        log.flush()
+        return {"steps": self.step, "new_steps": self.step - start, "loss": loss,
+                "seconds": time.perf_counter() - t0}
+
+    # -- outputs -------------------------------------------------------------------------------
+    def plot_loss(self) -> Path | None:
+        rows = _read_log(self.run / "loss.csv")
+        if not rows or not self.accelerator.is_main_process:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        steps, losses = np.array(rows).T
+        k = max(1, len(losses) // 50)
+        smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+        ax.plot(steps, losses, lw=0.5, alpha=0.4, label="loss")
+        ax.plot(steps[k - 1:], smooth, lw=1.5, label=f"mean of {k}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("weighted loss")
+        ax.set_yscale("log")
+        ax.set_title(f"level {self.level} unet {self.stage + 1}")
+        ax.legend()
+        fig.tight_layout()
+        path = self.run / "loss.png"
+        fig.savefig(path)
+        plt.close(fig)
+        return path
+
+    @torch.no_grad()
+    def sample_grid(self, n: int = 4) -> Path:
+        """EMA samples for ``n`` fixed dataset pairs, beside their inputs and the real target."""
+        g = self.dataset.geometry
+        size, dev = g.cascade[self.stage], self.accelerator.device
+        index = torch.linspace(0, len(self.dataset) - 1, n).round().long()
+        b = self.dataset.stage_batch(index, self.stage, augment=False)
+        lowres = lowres_ls = None
+        noise = TileNoise([derive_seed("train-sample", i) for i in range(n)], dev)
+        if b.lowres is not None:
+            lowres_ls = self.lowres_schedule(torch.full((n,), self.lowres_level)).to(dev)
+            lowres = q_sample(b.lowres.to(dev), lowres_ls.view(-1, 1, 1, 1), noise((3, size, size)))
+        ema = self.ema.ema_model.eval()
+        predict = x0_predictor(ema, self.objective, cond=None if b.cond is None else b.cond.to(dev),
+                               lowres=lowres, lowres_log_snr=lowres_ls)
+        x = sample(predict, (3, size, size), noise, log_snr=self.schedule,
+                   steps=self.sampling["steps"][self.stage], threshold=self.sampling["threshold"])
+        columns = [c for c in (b.cond, b.lowres) if c is not None] + [x.cpu(), b.x0]
+        grid = np.concatenate([np.concatenate(list(to_uint8(c)), axis=0) for c in columns], axis=1)
+        from PIL import Image
+
+        out = self.run / "samples" / f"step{self.step:06d}.png"
+        out.parent.mkdir(exist_ok=True)
+        scale = max(1, 128 // size)
+        Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale),
+                                     Image.NEAREST).save(out)
+        return out
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _contiguous(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
+
+
+def _save_optimizer(sd: dict[str, Any], path: Path) -> None:
+    """torch optimizer state as safetensors: tensors flat, the rest as JSON metadata."""
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for name, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{pid}.{name}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{name}"] = v
+    meta = {"param_groups": json.dumps(sd["param_groups"]), "scalars": json.dumps(scalars)}
+    save_file(tensors, path, metadata=meta)
+
+
+def _load_optimizer(path: Path) -> dict[str, Any]:
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in [*tensors.items(), *json.loads(meta["scalars"]).items()]:
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    return {"state": state, "param_groups": json.loads(meta["param_groups"])}
+
+
+class _LossLog:
+    """loss.csv (step, loss), appended in blocks; ``mean`` of the recent window for the bar."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.pending, self.recent = path, [], []
+
+    def add(self, step: int, loss: float) -> None:
+        self.pending.append((step, loss))
+        self.recent = (self.recent + [loss])[-50:]
+
+    def mean(self) -> float:
+        return float(np.mean(self.recent)) if self.recent else float("nan")
+
+    def flush(self) -> None:
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["step", "loss"])
+            w.writerows((s, f"{v:.6g}") for s, v in self.pending)
+        self.pending = []
+
+
+def _read_log(path: Path) -> list[tuple[int, float]]:
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log rows after the checkpoint (steps that will be trained again)."""
+    rows = [r for r in _read_log(path) if r[0] <= step]
+    if path.exists():
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["step", "loss"])
+            w.writerows((s, f"{v:.6g}") for s, v in rows)
+
+
+def run_summary(run: str | Path) -> dict[str, Any]:
+    """A finished or running run's config and checkpoint step (for ``assemble``)."""
+    run = Path(run)
+    try:
+        config = json.loads((run / "config.json").read_text())
+        state = json.loads((run / "checkpoint" / "state.json").read_text())
+    except FileNotFoundError as e:
+        raise TrainError(f"{run}: not a training run with a checkpoint ({e.filename} missing)") from None
+    except json.JSONDecodeError as e:
+        raise TrainError(f"{run}: unreadable run files ({e})") from None
+    if config.get("format") != RUN_FORMAT or config.get("model", {}).get("format") != MODEL_FORMAT:
+        raise TrainError(f"{run}: not a lazyslide training run")
+    return {**copy.deepcopy(config), "step": int(state["step"])}

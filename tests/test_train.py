@@ -1,0 +1,168 @@
+"""Training on the test preset: every unet trains, checkpoints, resumes, assembles and samples."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lazyslide import URCDM, Slide
+from lazyslide.cli import main
+from lazyslide.geometry import preset
+from lazyslide.training.assemble import assemble
+from lazyslide.training.prepare import DatasetError, prepare
+from lazyslide.training.trainer import Trainer, TrainError, TrainSettings
+
+from .test_prepare import SVS
+
+SETTINGS = TrainSettings(batch_size=2, lr=1e-3)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """The test preset at 2 um/px (the slide is 554 x 740 px at level 2), sparse targets."""
+    import dataclasses
+
+    out = tmp_path_factory.mktemp("train") / "ds"
+    prepare([SVS], out, dataclasses.replace(preset("test"), mpp=2.0), preset="test",
+            strides=[4, 16, 64], progress=False, report=lambda m: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(data, tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("runs")
+    out = []
+    for level in range(3):
+        for unet in (1, 2, 3):
+            run = root / f"l{level}u{unet}"
+            t = Trainer(data, run, level, unet, SETTINGS)
+            result = t.fit(3, checkpoint_every=2, sample_every=3, progress=False)
+            assert result["steps"] == 3
+            out.append(run)
+    return out
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(run / "checkpoint" / "unet.safetensors")
+
+
+def test_every_unet_trains_and_writes_its_outputs(runs, data, tmp_path):
+    for run in runs:
+        assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 3
+        assert (run / "loss.png").stat().st_size > 0
+        assert (run / "samples" / "step000003.png").is_file()
+        rows = (run / "loss.csv").read_text().splitlines()
+        assert rows[0] == "step,loss" and [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
+    # training moved the weights away from their (seeded) initialisation
+    init = Trainer(data, tmp_path / "fresh", 0, 1, SETTINGS).unet.state_dict()
+    trained = _weights(runs[0])
+    assert any(not torch.equal(init[k], trained[k]) for k in init)
+
+
+def test_resume_continues_the_same_run(data, tmp_path):
+    """3 + 3 steps through a checkpoint equal 6 steps in one go, bit for bit."""
+    straight = Trainer(data, tmp_path / "a", 2, 2, SETTINGS)
+    straight.fit(6, checkpoint_every=100, progress=False)
+    first = Trainer(data, tmp_path / "b", 2, 2, SETTINGS)
+    first.fit(3, checkpoint_every=100, progress=False)
+    again = Trainer(data, tmp_path / "b", 2, 2, SETTINGS)  # a fresh process would do the same
+    assert again.step == 3
+    again.fit(6, checkpoint_every=100, progress=False)
+    for name in ("unet", "ema"):
+        a = load_file(tmp_path / "a" / "checkpoint" / f"{name}.safetensors")
+        b = load_file(tmp_path / "b" / "checkpoint" / f"{name}.safetensors")
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    rows = (tmp_path / "b" / "loss.csv").read_text().splitlines()[1:]
+    assert rows == (tmp_path / "a" / "loss.csv").read_text().splitlines()[1:]
+
+
+def _step(state: Path) -> int:
+    try:
+        return json.loads(state.read_text())["step"]
+    except (OSError, ValueError):  # not written yet, or being swapped in
+        return -1
+
+
+def test_killed_run_resumes_at_its_checkpoint(data, tmp_path):
+    run = tmp_path / "run"
+    def cmd(steps: int) -> list[str]:
+        return [sys.executable, "-m", "lazyslide.cli", "train", "--data", str(data), "--level", "1",
+                "--unet", "1", "-o", str(run), "--steps", str(steps), "--checkpoint-every", "5",
+                "--batch-size", "2", "--quiet"]
+
+    proc = subprocess.Popen(cmd(100000), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    state = run / "checkpoint" / "state.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and _step(state) < 10:
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    step = json.loads(state.read_text())["step"]
+    assert step >= 10 and step % 5 == 0
+    out = subprocess.run(cmd(step + 2), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"resuming {run} at step {step}" in out.stdout
+    assert json.loads(state.read_text())["step"] == step + 2
+    steps = [int(r.split(",")[0]) for r in (run / "loss.csv").read_text().splitlines()[1:]]
+    assert steps == list(range(1, step + 3))
+
+
+def test_assemble_load_and_sample(runs, tmp_path):
+    model = assemble(runs, tmp_path / "model", dtype="float16")
+    assert model.config["training"]["level2_unet3"]["steps"] == 3
+    weights = load_file(tmp_path / "model" / "level0_unet1.safetensors")
+    assert weights["final_conv.weight"].dtype == torch.float16
+    loaded = URCDM.load(tmp_path / "model")
+    assert loaded.geometry.mpp == 2.0
+    slide = Slide(loaded, seed=1, make_level0=False)
+    tile = slide.tile(1, 0, 0)
+    assert tile.shape == (32, 32, 3) and tile.dtype.name == "uint8"
+    # and through the CLI
+    assert main(["assemble", *map(str, runs), "-o", str(tmp_path / "m2")]) == 0
+    assert main(["assemble", *map(str, runs), "-o", str(tmp_path / "m2")]) == 2  # exists
+
+
+def test_assemble_refuses_incomplete_or_mixed_runs(runs, data, tmp_path):
+    with pytest.raises(TrainError, match="missing runs for level 2 unet 3"):
+        assemble(runs[:-1], tmp_path / "m")
+    with pytest.raises(TrainError, match="both train level 0 unet 1"):
+        assemble([runs[0], *runs], tmp_path / "m")
+    other = tmp_path / "other"
+    cfg = json.loads((runs[4] / "config.json").read_text())
+    other.mkdir()
+    (other / "checkpoint").mkdir()
+    (other / "checkpoint" / "state.json").write_text('{"step": 1}')
+    cfg["model"]["geometry"]["mpp"] = 9.0
+    (other / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(TrainError, match="disagree on the model config"):
+        assemble([*runs[:4], other, *runs[5:]], tmp_path / "m")
+
+
+def test_mismatched_dataset_or_run_is_a_clear_error(data, runs, tmp_path, capsys):
+    with pytest.raises(TrainError, match="another level"):
+        Trainer(data, runs[0], 1, 1, SETTINGS)  # runs[0] is level 0 unet 1
+    with pytest.raises(TrainError, match="another settings"):
+        Trainer(data, runs[0], 0, 1, TrainSettings(batch_size=4))
+    partial = tmp_path / "partial"
+    prepare([SVS], partial, preset("test"), preset="test", levels=[2], strides=[64],
+            progress=False, report=lambda m: None)
+    with pytest.raises(DatasetError, match="no level 0 pairs"):
+        Trainer(partial, tmp_path / "r", 0, 1, SETTINGS)
+    manifest = json.loads((partial / "manifest.json").read_text())
+    manifest["preset"] = "demo"
+    (partial / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(TrainError, match="not the 'demo' preset"):
+        Trainer(partial, tmp_path / "r2", 2, 1, SETTINGS)
+    assert main(["train", "--data", str(tmp_path / "nothing"), "--level", "0", "--unet", "1",
+                 "-o", str(tmp_path / "r3")]) == 2
+    assert "not a lazyslide dataset" in capsys.readouterr().err
