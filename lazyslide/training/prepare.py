@@ -63,6 +63,34 @@ class TissueRule:
         return self.fraction(rgb) >= self.min_fraction
 
 
+class OtsuMask:
+    """Slide-level tissue mask: Otsu's threshold on a greyscale thumbnail, as tiatoolbox's
+    ``OtsuTissueMasker`` computes it (which cannot be imported without umap, timm, ...).
+
+    ``fraction(box)`` is the tissue share of a box given in baseline pixels.
+    """
+
+    def __init__(self, reader: _SlideReader, max_side: int = 2048) -> None:
+        from skimage.filters import threshold_otsu
+
+        self.mpp = reader.mpp * max(1.0, max(reader.size) / max_side)
+        n = [max(1, round(v * reader.mpp / self.mpp)) for v in reader.size]
+        thumb = reader.wsi.read_rect((0, 0), tuple(n), resolution=self.mpp, units="mpp",
+                                     pad_constant_values=BACKGROUND_FILL)[..., :3]
+        grey = np.asarray(Image.fromarray(np.ascontiguousarray(thumb, np.uint8)).convert("L"))
+        self.mask = grey < threshold_otsu(grey) if grey.min() < grey.max() else np.zeros_like(grey, bool)
+        self.to_thumb = reader.mpp / self.mpp
+
+    def fraction(self, x: int, y: int, size: int) -> float:
+        f = self.to_thumb
+        h, w = self.mask.shape
+        x0, y0 = max(0, int(x * f)), max(0, int(y * f))
+        x1, y1 = min(w, int(np.ceil((x + size) * f))), min(h, int(np.ceil((y + size) * f)))
+        if x1 <= x0 or y1 <= y0:
+            return 0.0
+        return float(self.mask[y0:y1, x0:x1].sum()) / max(1.0, (size * f) ** 2)
+
+
 def axis_origins(extent: float, tile: int, stride: int) -> list[int]:
     """Target origins along one axis of a slide ``extent`` level pixels long.
 
@@ -153,6 +181,7 @@ def prepare(
     strides: Sequence[int] | None = None,
     slide_mpp: float | None = None,
     tissue: TissueRule | None = None,
+    tissue_method: str = "hsv",
     shard_size: int = 512,
     progress: bool = True,
     report: Callable[[str], None] = print,
@@ -160,7 +189,9 @@ def prepare(
     """Cut training pairs from ``slides`` into the dataset folder ``out``; returns the manifest.
 
     ``strides`` (level pixels between targets, one per level; default a quarter tile) sets how
-    densely targets are cut. A slide that cannot be read is reported and skipped; slides already
+    densely targets are cut. ``tissue_method``: "hsv" (the paper's rule on each target) or
+    "otsu" (a slide-level Otsu mask, tiatoolbox's method); both keep targets with at least
+    ``tissue.min_fraction`` tissue. A slide that cannot be read is reported and skipped; slides already
     in the manifest are not read again.
     """
     from tqdm import tqdm
@@ -176,11 +207,13 @@ def prepare(
         raise DatasetError(f"strides: give one positive stride or one per level "
                            f"({geometry.levels}), got {strides}")
     tissue = tissue or TissueRule()
+    if tissue_method not in ("hsv", "otsu"):
+        raise DatasetError(f"tissue method must be hsv or otsu, got {tissue_method!r}")
     header = {
         "format": FORMAT,
         "preset": preset,
         "geometry": geometry.to_dict(),
-        "tissue": asdict(tissue),
+        "tissue": {**asdict(tissue), "method": tissue_method},
         "levels": {str(lv): {"mpp": geometry.level_mpp(lv), "stride": strides[lv]} for lv in levels},
     }
     if (out / "manifest.json").is_file():
@@ -214,6 +247,7 @@ def prepare(
         entry.update(mpp=reader.mpp, size=list(reader.size), counts={}, skipped={})
         shards: list[dict] = []
         try:
+            otsu = OtsuMask(reader) if tissue_method == "otsu" else None
             for lv in levels:
                 mpp = geometry.level_mpp(lv)
                 to_base = mpp / reader.mpp  # baseline pixels per level pixel
@@ -228,7 +262,11 @@ def prepare(
                         bar.update()
                         origin = (round(x * to_base), round(y * to_base))
                         target = reader.read(origin, t, mpp)
-                        if not tissue.keeps(target):
+                        if otsu is not None:
+                            keep = otsu.fraction(*origin, round(t * to_base)) >= tissue.min_fraction
+                        else:
+                            keep = tissue.keeps(target)
+                        if not keep:
                             n_skipped += 1
                             continue
                         window = None

@@ -1,0 +1,1 @@
+"""Measuring generated slides against real ones: features, FID and (later) the paper's metrics."""
