@@ -123,7 +123,7 @@ def cmd_tile(args: argparse.Namespace) -> int:
     if out.suffix.lower() not in (".png", ".tif", ".tiff"):
         raise LazySlideError(f"output {out} must be .png or .tif (lossless)")
     bar = _Bar("tiles", enabled=not args.json)
-    slide = Slide(model, args.seed, _store(args.cache), progress=bar)
+    slide = Slide(model, args.seed, _store(args.cache), progress=bar, method=args.method)
     tile = (args.level, args.col, args.row)
     bar.start(len(slide.missing([TileId(*tile)])))
     pixels = slide.tile(*tile, progress=bar)
@@ -220,6 +220,9 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         if args.batch_size != 1:
             raise LazySlideError("--batch-size is for single-process runs: on Dask each tile is a "
                                  "task of its own")
+        if args.method != "urcdm":
+            raise LazySlideError("--method outpaint is sequential (raster order): run it without "
+                                 "--workers/--scheduler")
         if args.workers < 0:
             raise LazySlideError(f"--workers must be positive, got {args.workers}")
         from .distributed import start_cluster
@@ -236,7 +239,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     report = []
     for seed, target in zip(seeds, targets, strict=True):
         started = time.perf_counter()
-        slide = Slide(model, seed, store, make_level0=False)
+        slide = Slide(model, seed, store, make_level0=False, method=args.method)
         if client is not None:
             from .distributed import materialize_on
 
@@ -345,6 +348,66 @@ def cmd_assemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation.evaluate import evaluate
+    from .materialize import parse_seeds
+
+    if args.n < 4 or (args.pfid_n is not None and args.pfid_n < 2) or args.block < 1:
+        raise LazySlideError("--n must be >= 4 (k = 3 neighbours), --pfid-n >= 2, --block >= 1")
+    missing = [s for s in args.real if not Path(s).exists()]
+    if missing:
+        raise LazySlideError(f"real slide {missing[0]}: no such file")
+    model = _model(args.model, args.device)
+    report = evaluate(model, args.real, args.output, seeds=parse_seeds(args.seeds), n=args.n,
+                      pfid_n=args.pfid_n, block=args.block, method=args.method,
+                      store=_store(args.cache), slide_mpp=args.slide_mpp, progress=not args.json)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print((Path(args.output) / "report.md").read_text())
+        print(f"report: {args.output}/report.md ({report['seconds']} s)")
+    return 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from .evaluation.study import StudyDB, build_pairs, format_report, study_report
+
+    if args.action:
+        if args.action[0] != "report" or len(args.action) != 2:
+            raise LazySlideError("usage: lazyslide study report DB  (or lazyslide study --model M "
+                                 "--real SLIDE ... to serve the study)")
+        print(format_report(study_report(args.action[1])))
+        return 0
+    if not args.model or not args.real:
+        raise LazySlideError("the study needs --model and --real SLIDE ...")
+    from aiohttp import web
+
+    from .materialize import parse_seeds
+    from .server.study import Study
+    from .training.prepare import DatasetError, SlideReader
+
+    try:
+        readers = [SlideReader(Path(p), args.slide_mpp) for p in args.real]
+    except DatasetError as e:
+        raise LazySlideError(f"real slide: {e}") from None
+    model = _model(args.model, args.device)
+    levels = [args.level] if args.level is not None else list(range(model.geometry.levels))
+    if args.pairs < 1:
+        raise LazySlideError(f"--pairs must be positive, got {args.pairs}")
+    print(f"lazyslide: making {args.pairs} pair(s) per level for levels {levels} ...", flush=True)
+    pairs = build_pairs(model, readers, levels, args.pairs, seeds=parse_seeds(args.seeds),
+                        store=_store(args.cache))
+    study = Study(pairs, StudyDB(args.db))
+    shown = "localhost" if args.host in ("127.0.0.1", "::1") else args.host
+    print(f"lazyslide: reader study with {len(pairs)} pairs, answers in {args.db}\n"
+          f"  open http://{shown}:{args.port}/study  (Ctrl-C to stop)", flush=True)
+    try:
+        web.run_app(study.app(), host=args.host, port=args.port, print=None)
+    except OSError as e:
+        raise LazySlideError(f"cannot serve on {args.host}:{args.port}: {e.strerror or e}") from None
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lazyslide", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -366,6 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     tile.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     tile.add_argument("--json", action="store_true",
                       help="print one JSON object: generated_tiles per level, seconds, ...")
+    tile.add_argument("--method", choices=["urcdm", "outpaint"], default="urcdm",
+                     help="urcdm (default) or the paper's baseline: raster outpainting of the "
+                     "deepest level with level 0's unconditional cascade")
     tile.set_defaults(func=cmd_tile)
 
     serve = sub.add_parser("serve", help="serve slides to the browser viewer and as Deep Zoom")
@@ -397,6 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
     mat.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     mat.add_argument("--overwrite", action="store_true", help="replace an existing output")
     mat.add_argument("--json", action="store_true", help="print one JSON report")
+    mat.add_argument("--method", choices=["urcdm", "outpaint"], default="urcdm",
+                     help="urcdm (default) or the paper's baseline: raster outpainting of the "
+                     "deepest level with level 0's unconditional cascade")
     mat.set_defaults(func=cmd_materialize)
 
     demo = sub.add_parser("demo", help="make the overview and a deep tile of a demo slide")
@@ -406,6 +475,37 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--cache", help="tile store folder (default ~/.cache/lazyslide)")
     demo.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     demo.set_defaults(func=cmd_demo)
+
+    ev = sub.add_parser("evaluate", help="FID, pFID, improved precision/recall against real slides")
+    ev.add_argument("--model", required=True, help=model_help)
+    ev.add_argument("--real", nargs="+", required=True, help="real whole-slide images")
+    ev.add_argument("--seeds", default="0-3", help="generated slide seeds: N, A-B or a list (default 0-3)")
+    ev.add_argument("--n", type=int, default=32, help="real patches per level (default 32; paper ~10k)")
+    ev.add_argument("--pfid-n", type=int, help="crops for pFID (default --n; paper 50k)")
+    ev.add_argument("--block", type=int, default=3,
+                    help="generated tiles per level and seed: a BLOCK x BLOCK block (default 3)")
+    ev.add_argument("--method", choices=["urcdm", "outpaint"], default="urcdm")
+    ev.add_argument("--slide-mpp", type=float, help="mpp for real slides whose files do not say")
+    ev.add_argument("-o", "--output", required=True, help="report folder")
+    ev.add_argument("--cache", help="tile store folder (default ~/.cache/lazyslide)")
+    ev.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    ev.add_argument("--json", action="store_true", help="print the report as JSON")
+    ev.set_defaults(func=cmd_evaluate)
+
+    st = sub.add_parser("study", help="reader study: serve real/synthetic pairs; `study report DB`")
+    st.add_argument("action", nargs="*", help="`report DB` prints Table 2 from a study database")
+    st.add_argument("--model", help=model_help)
+    st.add_argument("--real", nargs="+", help="real whole-slide images")
+    st.add_argument("--level", type=int, help="magnification level (default: every level)")
+    st.add_argument("--pairs", type=int, default=20, help="pairs per level (default 20)")
+    st.add_argument("--seeds", default="0-3", help="generated slide seeds (default 0-3)")
+    st.add_argument("--db", default="study.sqlite", help="answers database (default study.sqlite)")
+    st.add_argument("--slide-mpp", type=float, help="mpp for real slides whose files do not say")
+    st.add_argument("--host", default="127.0.0.1")
+    st.add_argument("--port", type=int, default=8001)
+    st.add_argument("--cache", help="tile store folder (default ~/.cache/lazyslide)")
+    st.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    st.set_defaults(func=cmd_study)
 
     prep = sub.add_parser("prepare", help="cut training pairs from whole-slide images")
     prep.add_argument("slides", nargs="+", help="slide files (SVS, NDPI, TIFF, ... via tiatoolbox)")

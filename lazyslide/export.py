@@ -149,8 +149,19 @@ def write_tiff(slide: Slide, path: Path, *, layout: str = "tiff", compression: s
 
 def _thumbnail(slide: Slide, longest: int) -> np.ndarray:
     g = slide.geometry
-    level = max(k for k in range(g.levels) if g.canvases[k] <= max(longest, g.canvases[0]))
+    level = max(k for k in slide.levels if g.canvases[k] <= max(longest, g.canvases[slide.levels[0]]))
     c = g.canvases[level]
+    if c > 4 * longest:  # only the full-resolution canvas exists (outpainting): shrink tile by tile
+        f = longest / c
+        out = Image.new("RGB", (longest, longest))
+        for tile in g.tiles(level):
+            x0, y0, x1, y1 = g.tile_box(*tile)
+            ax, ay = int(x0 * f), int(y0 * f)
+            box = (ax, ay, max(ax + 1, int(x1 * f)), max(ay + 1, int(y1 * f)))
+            part = Image.fromarray(slide.tile(*tile)).resize((box[2] - box[0], box[3] - box[1]),
+                                                            Image.Resampling.BOX)
+            out.paste(part, box[:2])
+        return np.asarray(out)
     img = Image.fromarray(slide.read_region(level, 0, 0, c, c))
     img.thumbnail((longest, longest), Image.Resampling.LANCZOS)
     return np.asarray(img)

@@ -53,8 +53,11 @@ def x0_predictor(unet: torch.nn.Module, objective: str, *, cond: Tensor | None =
 
 
 @torch.no_grad()
-def generate(model: URCDM, jobs: Sequence[TileJob]) -> list[np.ndarray]:
+def generate(model: URCDM, jobs: Sequence[TileJob], *, unet_level: int | None = None) -> list[np.ndarray]:
     """Generate a batch of tiles of one level; returns uint8 (T, T, 3) arrays.
+
+    ``unet_level`` runs another level's cascade on these tiles (the outpainting baseline makes
+    deepest-level tiles with level 0's unconditional unets); by default the tiles' own level.
 
     Each tile draws only from its own generators, so batching changes no random number; but
     the backends' kernels are not batch-invariant (on the CPU a batch may differ from single
@@ -70,7 +73,10 @@ def generate(model: URCDM, jobs: Sequence[TileJob]) -> list[np.ndarray]:
     t = geom.tile
     known = to_model_space([j.known for j in jobs])
     mask = torch.from_numpy(np.stack([j.mask for j in jobs]))[:, None]
-    windows = [j.window for j in jobs] if level > 0 else None
+    windows = [j.window for j in jobs] if jobs[0].window is not None else None
+    unet_level = level if unet_level is None else unet_level
+    if (windows is not None) != (unet_level > 0):
+        raise ValueError(f"level {unet_level}'s unets {'need' if unet_level else 'take no'} parent windows")
     lowres_schedule = SCHEDULES[diff["lowres_noise_schedule"]]
 
     x = None
@@ -84,7 +90,7 @@ def generate(model: URCDM, jobs: Sequence[TileJob]) -> list[np.ndarray]:
             lowres_ls = lowres_ls.to(device)
             # imagen's augmentation: the upsampled previous stage, noised to a fixed level
             lowres = q_sample(resize(x, size), lowres_ls.view(-1, 1, 1, 1), noise((3, size, size)))
-        predict = x0_predictor(model.unet(level, stage), diff["objectives"][stage], cond=cond,
+        predict = x0_predictor(model.unet(unet_level, stage), diff["objectives"][stage], cond=cond,
                                lowres=lowres, lowres_log_snr=lowres_ls)
         x = sample(
             predict,

@@ -70,7 +70,7 @@ def materialize(slide: Slide, *, batch_size: int = 1, show_progress: bool = True
         raise LazySlideError(f"--batch-size must be >= 1, got {batch_size}")
     g, plan = slide.geometry, slide.plan
     stats = Stats()
-    for level in range(g.levels):
+    for level in slide.levels:
         tiles = g.tiles(level)
         st = LevelStats(level, len(tiles))
         todo = [t for t in tiles if not slide.is_stored(*t)]

@@ -24,9 +24,11 @@ class OpenSlideView:
     def __init__(self, slide: Slide) -> None:
         self.slide = slide
         g = slide.geometry
-        self._canvases = tuple(reversed(g.canvases))
+        # URCDM level of each OpenSlide level (outpainting makes only the deepest one)
+        self._levels = tuple(reversed(slide.levels))
+        self._canvases = tuple(g.canvases[k] for k in self._levels)
         full = self._canvases[0]
-        self.level_count = g.levels
+        self.level_count = len(self._levels)
         self.level_dimensions = tuple((c, c) for c in self._canvases)
         self.dimensions = self.level_dimensions[0]
         self.level_downsamples = tuple(full / c for c in self._canvases)
@@ -66,7 +68,7 @@ class OpenSlideView:
         out = np.zeros((h, w, 4), np.uint8)
         ix0, iy0, ix1, iy1 = max(x, 0), max(y, 0), min(x + w, canvas), min(y + h, canvas)
         if ix0 < ix1 and iy0 < iy1:
-            rgb = self.slide.read_region(self.level_count - 1 - level, ix0, iy0, ix1 - ix0, iy1 - iy0)
+            rgb = self.slide.read_region(self._levels[level], ix0, iy0, ix1 - ix0, iy1 - iy0)
             out[iy0 - y:iy1 - y, ix0 - x:ix1 - x, :3] = rgb
             out[iy0 - y:iy1 - y, ix0 - x:ix1 - x, 3] = 255
         return Image.fromarray(out, "RGBA")
@@ -75,7 +77,7 @@ class OpenSlideView:
         """RGB thumbnail fitting in ``size``, from the lowest-resolution level (always made)."""
         level = self.level_count - 1
         c = self._canvases[level]
-        img = Image.fromarray(self.slide.read_region(0, 0, 0, c, c))
+        img = Image.fromarray(self.slide.read_region(self._levels[level], 0, 0, c, c))
         img.thumbnail(size, Image.Resampling.LANCZOS)
         return img
 

@@ -95,4 +95,14 @@ class RasterPlan(Plan):
         return row * geom.grid(level) + col
 
 
-PLANS: dict[str, Plan] = {"parity": ParityPlan(), "raster": RasterPlan()}
+class OutpaintPlan(RasterPlan):
+    """The paper's outpainting baseline: raster order at the deepest level, inpainting the
+    overlaps only; no parent level, so no window dependencies."""
+
+    name = "outpaint"
+
+    def dependencies(self, geom: Geometry, tile: TileId) -> list[TileId]:
+        return self.earlier_neighbours(geom, tile)
+
+
+PLANS: dict[str, Plan] = {"parity": ParityPlan(), "raster": RasterPlan(), "outpaint": OutpaintPlan()}

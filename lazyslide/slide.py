@@ -21,7 +21,7 @@ from .errors import LazySlideError
 from .generator import TileJob, generate
 from .geometry import BACKGROUND_FILL, Box, TileId
 from .model import URCDM
-from .plan import ParityPlan, Plan
+from .plan import OutpaintPlan, ParityPlan, Plan
 from .store import TileStore, tile_key
 
 #: Largest region ``read_region`` composes at once (pixels), to fail early instead of swapping.
@@ -30,20 +30,35 @@ MAX_REGION_PIXELS = 1 << 28
 #: ``progress(tile, kind)`` with kind "generated" or "background", after each tile is stored.
 Progress = Callable[[TileId, str], None]
 
+#: Generation methods: the cascade of levels (URCDM), or the paper's baseline of raster
+#: outpainting at the deepest level with level 0's unconditional cascade.
+METHODS = ("urcdm", "outpaint")
+
 
 class Slide:
     """One synthetic slide of a model, identified by its seed."""
 
     def __init__(self, model: URCDM, seed: int = 0, store: TileStore | None = None, *,
                  plan: Plan | None = None, progress: Progress | None = None,
-                 make_level0: bool = True) -> None:
+                 make_level0: bool = True, method: str = "urcdm") -> None:
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise LazySlideError(f"seed must be a non-negative integer, got {seed!r}")
+        if method not in METHODS:
+            raise LazySlideError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
         self.model = model
         self.seed = seed
+        self.method = method
         self.store = store if store is not None else TileStore()
-        self.plan = plan if plan is not None else ParityPlan()
         self.geometry = model.geometry
+        deepest = self.geometry.levels - 1
+        if method == "outpaint":
+            self.plan: Plan = OutpaintPlan()
+            #: the levels this slide makes (outpainting has only the full-resolution canvas)
+            self.levels = [deepest]
+            make_level0 = False
+        else:
+            self.plan = plan if plan is not None else ParityPlan()
+            self.levels = list(range(self.geometry.levels))
         #: tiles this object generated (diffusion) and filled as background, per level
         self.generated: Counter[int] = Counter()
         self.background: Counter[int] = Counter()
@@ -57,6 +72,7 @@ class Slide:
     def tile(self, level: int, col: int, row: int, *, progress: Progress | None = None) -> np.ndarray:
         """The tile's uint8 RGB pixels (T, T, 3), generating what it needs."""
         tile = self.geometry.check_tile(level, col, row)
+        self._check_level(level)
         self.ensure([tile], progress=progress)
         return self._stored(tile)
 
@@ -66,6 +82,7 @@ class Slide:
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
                 raise LazySlideError(f"{name} must be an integer, got {v!r}")
         self.geometry.check_tile(level, 0, 0)
+        self._check_level(level)
         if w <= 0 or h <= 0 or w * h > MAX_REGION_PIXELS:
             raise LazySlideError(f"region size must be positive and at most {MAX_REGION_PIXELS} "
                                  f"pixels, got {w}x{h}")
@@ -125,7 +142,8 @@ class Slide:
         made = iter(())
         if diffuse:
             with self._model_lock:
-                made = iter(generate(self.model, diffuse))
+                made = iter(generate(self.model, diffuse,
+                                     unet_level=0 if self.method == "outpaint" else None))
         kinds = []
         for job, bg in zip(jobs, background, strict=True):
             pixels = self._background_tile(job) if bg else next(made)
@@ -148,7 +166,7 @@ class Slide:
             known[y0:y1, x0:x1] = self._stored(n)[y0 - dy:y1 - dy, x0 - dx:x1 - dx]
             mask[y0:y1, x0:x1] = True
         window = None
-        if tile.level > 0:
+        if tile.level > 0 and self.method == "urcdm":
             window = self._compose(tile.level - 1, self.geometry.parent_window(*tile))
         return TileJob(tile, self.seed, known, mask, window)
 
@@ -170,8 +188,16 @@ class Slide:
         return pixels
 
     # -- reading ---------------------------------------------------------------------------------
+    def _check_level(self, level: int) -> None:
+        if level not in self.levels:
+            raise LazySlideError(f"the {self.method} method makes only level(s) "
+                                 f"{', '.join(map(str, self.levels))}, not level {level}")
+
     def _key(self, tile: TileId) -> str:
-        return tile_key(self.model.fingerprint, self.seed, tile)
+        fingerprint = self.model.fingerprint
+        if self.method != "urcdm":
+            fingerprint += f"/{self.method}"
+        return tile_key(fingerprint, self.seed, tile)
 
     def _stored(self, tile: TileId) -> np.ndarray:
         pixels = self.store.get(self._key(tile))

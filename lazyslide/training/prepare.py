@@ -70,7 +70,7 @@ class OtsuMask:
     ``fraction(box)`` is the tissue share of a box given in baseline pixels.
     """
 
-    def __init__(self, reader: _SlideReader, max_side: int = 2048) -> None:
+    def __init__(self, reader: SlideReader, max_side: int = 2048) -> None:
         from skimage.filters import threshold_otsu
 
         self.mpp = reader.mpp * max(1.0, max(reader.size) / max_side)
@@ -114,7 +114,7 @@ def window_origin(geometry: Geometry, level: int, x: float, y: float) -> tuple[f
     return (x + half) / s - half, (y + half) / s - half
 
 
-class _SlideReader:
+class SlideReader:
     """One slide through tiatoolbox, read in regions at a requested mpp."""
 
     def __init__(self, path: Path, mpp: float | None) -> None:
@@ -237,7 +237,7 @@ def prepare(
         index = len(manifest["slides"])
         entry: dict[str, Any] = {"path": key, "name": path.name}
         try:
-            reader = _SlideReader(path, slide_mpp)
+            reader = SlideReader(path, slide_mpp)
         except DatasetError as e:
             report(f"skipped: {e}")
             manifest["slides"] = [s for s in manifest["slides"] if s["path"] != key]
