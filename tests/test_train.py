@@ -166,3 +166,11 @@ def test_mismatched_dataset_or_run_is_a_clear_error(data, runs, tmp_path, capsys
     assert main(["train", "--data", str(tmp_path / "nothing"), "--level", "0", "--unet", "1",
                  "-o", str(tmp_path / "r3")]) == 2
     assert "not a lazyslide dataset" in capsys.readouterr().err
+
+
+def test_a_damaged_checkpoint_is_a_clear_error(data, tmp_path):
+    run = tmp_path / "run"
+    Trainer(data, run, 0, 2, SETTINGS).fit(1, checkpoint_every=1, progress=False)
+    (run / "checkpoint" / "unet.safetensors").write_bytes(b"truncated")
+    with pytest.raises(TrainError, match="checkpoint unusable"):
+        Trainer(data, run, 0, 2, SETTINGS)

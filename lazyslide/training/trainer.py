@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..conditioning import to_uint8
@@ -167,7 +167,7 @@ class Trainer:
             net.load_state_dict(load_file(ckpt / "unet.safetensors"))
             self.ema.load_state_dict(load_file(ckpt / "ema.safetensors"))
             self.optimizer.load_state_dict(_load_optimizer(ckpt / "optimizer.safetensors"))
-        except (OSError, RuntimeError, KeyError, ValueError, json.JSONDecodeError) as e:
+        except (OSError, RuntimeError, KeyError, ValueError, SafetensorError) as e:
             raise TrainError(f"{ckpt}: checkpoint unusable ({str(e).splitlines()[0][:200]}); "
                              "remove it to start over") from None
         self.step = int(state["step"])
