@@ -343,7 +343,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_assemble(args: argparse.Namespace) -> int:
     from .training.assemble import assemble, describe
 
-    model = assemble(args.runs, args.output, dtype=args.dtype, overwrite=args.overwrite)
+    steps = _ints(args.sampling_steps, "--sampling-steps") if args.sampling_steps else None
+    model = assemble(args.runs, args.output, dtype=args.dtype, overwrite=args.overwrite, steps=steps)
     print(f"{describe(args.output)}; fingerprint {model.fingerprint}")
     return 0
 
@@ -547,6 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
     asm.add_argument("runs", nargs="+", help="run folders, one per (level, unet)")
     asm.add_argument("-o", "--output", required=True, help="model folder")
     asm.add_argument("--dtype", default="float32", help="float32 (default), float16 or bfloat16")
+    asm.add_argument("--sampling-steps", help="sampling steps per cascade stage, e.g. 16,16,16 "
+                     "(default: the preset's)")
     asm.add_argument("--overwrite", action="store_true")
     asm.set_defaults(func=cmd_assemble)
     return p

@@ -15,11 +15,11 @@ from .trainer import TrainError, run_summary
 
 
 def assemble(runs: Sequence[str | Path], out: str | Path, *, dtype: str = "float32",
-             overwrite: bool = False) -> URCDM:
+             overwrite: bool = False, steps: Sequence[int] | None = None) -> URCDM:
     """Build a model folder from one run per (level, unet); all must share one model config.
 
     ``dtype="float16"`` halves the files (the bundled demo model); weights load back into
-    float32 unets.
+    float32 unets. ``steps`` overrides the sampling steps per cascade stage.
     """
     out = Path(out)
     if (out / "config.json").exists() and not overwrite:
@@ -59,6 +59,11 @@ def assemble(runs: Sequence[str | Path], out: str | Path, *, dtype: str = "float
         for (lv, st), (path, s) in sorted(by_unet.items())
     }
     config["dtype"] = dtype
+    if steps is not None:
+        if len(steps) != len(config["sampling"]["steps"]) or min(steps) < 1:
+            raise TrainError(f"--sampling-steps needs {len(config['sampling']['steps'])} positive "
+                             f"integers, got {list(steps)}")
+        config["sampling"]["steps"] = [int(v) for v in steps]
     model = URCDM(config, state, source=str(out))
     for lv, st in want:
         model.unet(lv, st)  # loads (and checks) every unet against the config
