@@ -5,6 +5,10 @@ asked for, after the tiles it depends on (``plan``): the earlier-phase neighbour
 it inpaints and the parent tiles that compose its conditioning window. A tile's pixels are a
 pure function of (model, seed, level, col, row): its random numbers are seeded from that
 address and its inputs are read back from the store.
+
+``method="outpaint"`` is the paper's baseline instead: only the deepest level, filled in raster
+order by level 0's unconditional cascade, each tile inpainting what its earlier neighbours
+fixed (stored under its own key, never mixed with URCDM tiles).
 """
 
 from __future__ import annotations

@@ -199,7 +199,7 @@ def prepare(
     out = Path(out)
     levels = list(range(geometry.levels)) if levels is None else sorted(set(levels))
     for lv in levels:
-        geometry._level(lv)
+        geometry.check_tile(lv, 0, 0)  # a valid level
     strides = list(strides) if strides else [max(1, geometry.tile // 4)] * geometry.levels
     if len(strides) == 1:
         strides = strides * geometry.levels

@@ -240,7 +240,8 @@ class Trainer:
                 log.flush()
                 self.save_checkpoint()
                 self.plot_loss()
-            if sample_every and (self.step % sample_every == 0 or self.step == steps):
+            if sample_every and (self.step % sample_every == 0 or self.step == steps) \
+                    and self.accelerator.is_main_process:
                 self.sample_grid()
         bar.close()
         log.flush()
