@@ -54,8 +54,9 @@ UNETS: dict[str, list[dict[str, Any]]] = {
         dict(dim=24, dim_mults=[1, 2, 4], num_resnet_blocks=1,
              layer_attns=[False, False, True], **_COMMON),
         dict(dim=16, dim_mults=[1, 2, 4], num_resnet_blocks=1, layer_attns=False, **_COMMON),
-        dict(dim=16, dim_mults=[1, 2, 4], num_resnet_blocks=1, layer_attns=False,
-             memory_efficient=True, **_COMMON),
+        # Not memory_efficient: that variant processes nothing at full resolution after the
+        # first conv, and after short training its output kept per-pixel noise it could not see.
+        dict(dim=16, dim_mults=[1, 2, 4], num_resnet_blocks=1, layer_attns=False, **_COMMON),
     ],
     "test": [
         dict(dim=8, dim_mults=[1, 2], num_resnet_blocks=1, layer_attns=False, **_COMMON)

@@ -49,7 +49,7 @@ RUN_FORMAT = "lazyslide-run/1"
 #: Random crop size per cascade stage while training (None = whole images), per preset.
 CROPS: dict[str, list[int | None]] = {
     "paper": [None, None, 256],  # the authors' third unet trains on 256 px crops
-    "demo": [None, 32, 64],
+    "demo": [None, 32, 32],
     "test": [None, None, None],
 }
 
