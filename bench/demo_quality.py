@@ -28,7 +28,7 @@ from PIL import Image
 from lazyslide import URCDM, Slide
 from lazyslide.evaluation.features import InceptionFeatures
 from lazyslide.evaluation.fid import fid
-from lazyslide.geometry import TileId
+from lazyslide.evaluation.samples import level_patches
 from lazyslide.store import MemoryStore
 from lazyslide.training.dataset import PairDataset
 from lazyslide.training.prepare import TissueRule, prepare
@@ -55,27 +55,11 @@ def colour_stats(images: np.ndarray) -> dict[str, float]:
 
 
 def engine_samples(model: URCDM, seeds: list[int], block: int, tissue_only: bool) -> dict[int, list]:
-    """Tiles per level from the lazy engine: level 0 per seed, then blocks around the tissue."""
-    g, rule = model.geometry, TissueRule()
-    out: dict[int, list] = {lv: [] for lv in range(g.levels)}
-    for seed in seeds:
-        slide = Slide(model, seed, MemoryStore())
-        overview = slide.tile(0, 0, 0)
-        out[0].append(overview)
-        mask = np.asarray(Image.fromarray(overview).convert("HSV"), np.float32)[..., 1] > 25
-        ys, xs = np.nonzero(mask)
-        cy, cx = (ys.mean(), xs.mean()) if len(xs) else (g.tile / 2, g.tile / 2)
-        for lv in range(1, g.levels):
-            scale = g.canvases[lv] / g.canvases[0]
-            centre = (int(cx * scale / g.stride), int(cy * scale / g.stride))
-            lo = [min(max(0, c - block // 2), g.grid(lv) - block) for c in centre]
-            tiles = [TileId(lv, lo[0] + i, lo[1] + j) for j in range(block) for i in range(block)]
-            slide.ensure(tiles)
-            for t in tiles:
-                px = slide.tile(*t)
-                if not tissue_only or rule.keeps(px):
-                    out[lv].append(px)
-    return out
+    """Tiles per level from the lazy engine, chosen as ``lazyslide evaluate`` chooses them."""
+    store = MemoryStore()
+    slides = [Slide(model, seed, store, make_level0=False) for seed in seeds]
+    return {lv: level_patches(slides, lv, block, tissue_only=tissue_only)
+            for lv in range(model.geometry.levels)}
 
 
 def real_patches(model: URCDM, data: str | None, n: int, seed: int = 0) -> dict[int, np.ndarray]:
