@@ -321,6 +321,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.steps < 1 or args.batch_size < 1 or args.checkpoint_every < 1:
         raise LazySlideError("--steps, --batch-size and --checkpoint-every must be positive")
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise LazySlideError(f"--max-minutes must be positive, got {args.max_minutes}")
     if args.threads:
         import torch
 
@@ -334,9 +336,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"{args.output}: already at step {trainer.step} >= --steps {args.steps}")
         return 0
     result = trainer.fit(args.steps, checkpoint_every=args.checkpoint_every,
-                         sample_every=args.sample_every, progress=not args.quiet)
+                         sample_every=args.sample_every, progress=not args.quiet,
+                         max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
+    stopped = " (time limit reached; run again to resume)" if result["stopped_early"] else ""
     print(f"{args.output}: step {result['steps']} ({result['new_steps']} new in "
-          f"{result['seconds']:.0f} s), last loss {result['loss']:.4f}")
+          f"{result['seconds']:.0f} s), last loss {result['loss']:.4f}{stopped}")
     return 0
 
 
@@ -344,7 +348,8 @@ def cmd_assemble(args: argparse.Namespace) -> int:
     from .training.assemble import assemble, describe
 
     steps = _ints(args.sampling_steps, "--sampling-steps") if args.sampling_steps else None
-    model = assemble(args.runs, args.output, dtype=args.dtype, overwrite=args.overwrite, steps=steps)
+    model = assemble(args.runs, args.output, dtype=args.dtype, overwrite=args.overwrite, steps=steps,
+                     background_sat=args.background_sat)
     print(f"{describe(args.output)}; fingerprint {model.fingerprint}")
     return 0
 
@@ -539,6 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--train-seed", type=int, default=0)
     train.add_argument("--checkpoint-every", type=int, default=250)
     train.add_argument("--sample-every", type=int, default=0, help="sample grid every N steps")
+    train.add_argument("--max-minutes", type=float,
+                       help="stop after this much wall-clock time (checkpointed; resumable)")
     train.add_argument("--threads", type=int, help="torch CPU threads")
     train.add_argument("--device", help="'cpu' to force the CPU (default: accelerate's choice)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -550,6 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
     asm.add_argument("--dtype", default="float32", help="float32 (default), float16 or bfloat16")
     asm.add_argument("--sampling-steps", help="sampling steps per cascade stage, e.g. 16,16,16 "
                      "(default: the preset's)")
+    asm.add_argument("--background-sat", type=float,
+                     help="saturation above which the background rule sees tissue (default: the "
+                     "paper's 0.02; raise it when generated glass is tinted above that)")
     asm.add_argument("--overwrite", action="store_true")
     asm.set_defaults(func=cmd_assemble)
     return p

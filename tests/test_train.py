@@ -130,6 +130,14 @@ def test_assemble_load_and_sample(runs, tmp_path):
     # and through the CLI
     assert main(["assemble", *map(str, runs), "-o", str(tmp_path / "m2")]) == 0
     assert main(["assemble", *map(str, runs), "-o", str(tmp_path / "m2")]) == 2  # exists
+    # sampling steps and the background threshold are the model's, set at assembly
+    assert main(["assemble", *map(str, runs), "-o", str(tmp_path / "m3"), "--sampling-steps", "4,2,2",
+                 "--background-sat", "0.08"]) == 0
+    tuned = URCDM.load(tmp_path / "m3")
+    assert tuned.config["sampling"]["steps"] == [4, 2, 2] and tuned.background.sat_min == 0.08
+    assert tuned.fingerprint != loaded.fingerprint  # so its tiles never mix with the others'
+    assert main(["assemble", *map(str, runs), "-o", str(tmp_path / "m4"), "--background-sat", "2"]) == 2
+    assert not (tmp_path / "m4").exists()
 
 
 def test_assemble_refuses_incomplete_or_mixed_runs(runs, data, tmp_path):
@@ -174,3 +182,21 @@ def test_a_damaged_checkpoint_is_a_clear_error(data, tmp_path):
     (run / "checkpoint" / "unet.safetensors").write_bytes(b"truncated")
     with pytest.raises(TrainError, match="checkpoint unusable"):
         Trainer(data, run, 0, 2, SETTINGS)
+
+
+def test_time_limit_stops_with_a_checkpoint_and_resumes(data, tmp_path, capsys):
+    """--max-minutes ends a run early, checkpointed where it stopped; the next call resumes."""
+    run = tmp_path / "run"
+    args = ["train", "--data", str(data), "--level", "0", "--unet", "3", "-o", str(run),
+            "--batch-size", "2", "--checkpoint-every", "1000", "--sample-every", "1000", "--quiet"]
+    assert main(args + ["--steps", "1000", "--max-minutes", "1e-6"]) == 0
+    assert "time limit reached" in capsys.readouterr().out
+    assert _step(run / "checkpoint" / "state.json") == 1  # checkpoint-every alone would not save
+    assert (run / "samples" / "step000001.png").is_file()
+    assert main(args + ["--steps", "3"]) == 0
+    out = capsys.readouterr().out
+    assert f"resuming {run} at step 1" in out and "time limit" not in out
+    assert _step(run / "checkpoint" / "state.json") == 3
+    assert main(args + ["--steps", "5", "--max-minutes", "0"]) != 0
+    assert "--max-minutes must be positive" in capsys.readouterr().err
+    assert _step(run / "checkpoint" / "state.json") == 3

@@ -15,11 +15,15 @@ from .trainer import TrainError, run_summary
 
 
 def assemble(runs: Sequence[str | Path], out: str | Path, *, dtype: str = "float32",
-             overwrite: bool = False, steps: Sequence[int] | None = None) -> URCDM:
+             overwrite: bool = False, steps: Sequence[int] | None = None,
+             background_sat: float | None = None) -> URCDM:
     """Build a model folder from one run per (level, unet); all must share one model config.
 
     ``dtype="float16"`` halves the files (the bundled demo model); weights load back into
     float32 unets. ``steps`` overrides the sampling steps per cascade stage.
+    ``background_sat`` overrides the background rule's saturation threshold: the paper's 0.02
+    suits real glass, but a briefly trained model's generated glass can be tinted above it,
+    and then no tile is ever skipped as background.
     """
     out = Path(out)
     if (out / "config.json").exists() and not overwrite:
@@ -64,6 +68,10 @@ def assemble(runs: Sequence[str | Path], out: str | Path, *, dtype: str = "float
             raise TrainError(f"--sampling-steps needs {len(config['sampling']['steps'])} positive "
                              f"integers, got {list(steps)}")
         config["sampling"]["steps"] = [int(v) for v in steps]
+    if background_sat is not None:
+        if not 0 <= background_sat <= 1:
+            raise TrainError(f"--background-sat must be in [0, 1], got {background_sat}")
+        config["background"] = dict(config["background"], sat_min=float(background_sat))
     model = URCDM(config, state, source=str(out))
     for lv, st in want:
         model.unet(lv, st)  # loads (and checks) every unet against the config

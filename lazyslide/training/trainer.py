@@ -222,11 +222,16 @@ class Trainer:
         return float(loss.detach())
 
     def fit(self, steps: int, *, checkpoint_every: int = 500, sample_every: int = 0,
-            progress: bool = True) -> dict[str, Any]:
-        """Train up to ``steps`` (total, counting resumed ones); returns a summary."""
+            progress: bool = True, max_seconds: float | None = None) -> dict[str, Any]:
+        """Train up to ``steps`` (total, counting resumed ones); returns a summary.
+
+        ``max_seconds`` stops earlier, at the first step past that much wall-clock time, with a
+        checkpoint and sample grid there, so a run fits a job slot and resumes in the next one.
+        """
         from tqdm import tqdm
 
         start, t0 = self.step, time.perf_counter()
+        deadline = None if max_seconds is None else t0 + max_seconds
         log = _LossLog(self.run / "loss.csv")
         bar = tqdm(total=steps, initial=self.step, desc=f"level {self.level} unet {self.stage + 1}",
                    unit="step", disable=not progress or not self.accelerator.is_main_process)
@@ -236,17 +241,20 @@ class Trainer:
             log.add(self.step, loss)
             bar.update()
             bar.set_postfix(loss=f"{log.mean():.4f}")
-            if self.step % checkpoint_every == 0 or self.step == steps:
+            last = self.step == steps or (deadline is not None and time.perf_counter() >= deadline)
+            if self.step % checkpoint_every == 0 or last:
                 log.flush()
                 self.save_checkpoint()
                 self.plot_loss()
-            if sample_every and (self.step % sample_every == 0 or self.step == steps) \
+            if sample_every and (self.step % sample_every == 0 or last) \
                     and self.accelerator.is_main_process:
                 self.sample_grid()
+            if last:
+                break
         bar.close()
         log.flush()
         return {"steps": self.step, "new_steps": self.step - start, "loss": loss,
-                "seconds": time.perf_counter() - t0}
+                "seconds": time.perf_counter() - t0, "stopped_early": self.step < steps}
 
     # -- outputs -------------------------------------------------------------------------------
     def plot_loss(self) -> Path | None:
