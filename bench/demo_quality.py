@@ -104,9 +104,9 @@ def main() -> None:
     t0 = time.perf_counter()
     model = URCDM.from_spec(args.model)
     untrained = URCDM.from_spec(args.untrained)
-    if untrained.geometry != model.geometry:  # same scale, so the engine cuts the same tiles
-        cfg = dict(untrained.config, geometry=model.geometry.to_dict())
-        untrained = URCDM(cfg, init_seed=0, source=args.untrained)
+    # Same scale and sampling settings as the model, so only the weights differ.
+    cfg = dict(untrained.config, geometry=model.config["geometry"], sampling=model.config["sampling"])
+    untrained = URCDM(cfg, init_seed=0, source=args.untrained)
     seeds = list(range(args.seeds))
     fake = engine_samples(model, seeds, args.block, tissue_only=True)
     t_gen = time.perf_counter() - t0
