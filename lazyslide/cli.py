@@ -15,8 +15,11 @@ from pathlib import Path
 from .errors import LazySlideError
 from .geometry import TileId
 
+STEPS_HELP = ("sampling steps per cascade stage, e.g. 16,8,8 (default: the model's); fewer is "
+              "faster and coarser, and makes other tiles (another fingerprint)")
 
-def _model(spec: str, device: str | None = None):
+
+def _model(spec: str, device: str | None = None, sampling_steps: str | None = None):
     import torch
 
     from .model import URCDM
@@ -27,7 +30,14 @@ def _model(spec: str, device: str | None = None):
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as e:
         raise LazySlideError(f"device {device!r} is not usable here: {str(e).splitlines()[0]}") from None
-    return URCDM.from_spec(spec).to(device)
+    model = URCDM.from_spec(spec).to(device)
+    if sampling_steps:
+        steps = _ints(sampling_steps, "--sampling-steps")
+        if len(steps) != len(model.config["sampling"]["steps"]):
+            raise LazySlideError(f"--sampling-steps needs {len(model.config['sampling']['steps'])} "
+                                 f"integers (one per cascade stage), got {sampling_steps!r}")
+        model = model.with_sampling_steps(steps)
+    return model
 
 
 def _store(cache: str | None):
@@ -115,7 +125,7 @@ def cmd_tile(args: argparse.Namespace) -> int:
     from .slide import Slide
 
     started = time.perf_counter()
-    model = _model(args.model, args.device)
+    model = _model(args.model, args.device, args.sampling_steps)
     model.geometry.check_tile(args.level, args.col, args.row)
     out = Path(args.output)
     if not out.parent.is_dir():
@@ -182,7 +192,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     spec = args.model or _default_spec()
     if not 0 < args.port < 65536:
         raise LazySlideError(f"--port must be in 1..65535, got {args.port}")
-    model = _model(spec, args.device)
+    model = _model(spec, args.device, args.sampling_steps)
     bar = _Bar(f"opening slide {args.seed}")
     bar.start(len(model.geometry.tiles(0)))
     try:
@@ -213,7 +223,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             raise LazySlideError(f"{target} exists (use --overwrite to replace it)")
         if not target.parent.is_dir():
             raise LazySlideError(f"output folder {target.parent} does not exist")
-    model = _model(args.model, args.device)
+    model = _model(args.model, args.device, args.sampling_steps)
     store = _store(args.cache)
     client = None
     if args.workers or args.scheduler:
@@ -433,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     tile.add_argument("-o", "--output", required=True, help="output .png or .tif")
     tile.add_argument("--cache", help="tile store folder (default ~/.cache/lazyslide)")
     tile.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    tile.add_argument("--sampling-steps", help=STEPS_HELP)
     tile.add_argument("--json", action="store_true",
                       help="print one JSON object: generated_tiles per level, seconds, ...")
     tile.add_argument("--method", choices=["urcdm", "outpaint"], default="urcdm",
@@ -447,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--cache", help="tile store folder (default ~/.cache/lazyslide)")
     serve.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    serve.add_argument("--sampling-steps", help=STEPS_HELP)
     serve.add_argument("--max-slides", type=int, default=8, help="slides open at once (default 8)")
     serve.set_defaults(func=cmd_serve)
 
@@ -467,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:port)")
     mat.add_argument("--cache", help="tile store folder (default ~/.cache/lazyslide)")
     mat.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    mat.add_argument("--sampling-steps", help=STEPS_HELP)
     mat.add_argument("--overwrite", action="store_true", help="replace an existing output")
     mat.add_argument("--json", action="store_true", help="print one JSON report")
     mat.add_argument("--method", choices=["urcdm", "outpaint"], default="urcdm",

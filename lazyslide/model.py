@@ -271,6 +271,17 @@ class URCDM:
                 self._build(level, stage)
             return self._unets[(level, stage)]
 
+    def with_sampling_steps(self, steps: list[int]) -> URCDM:
+        """The same weights sampled with other step counts per cascade stage (fewer: faster,
+        coarser). A different fingerprint, so its tiles never mix with the original's."""
+        config = copy.deepcopy(self.config)
+        config["sampling"]["steps"] = list(steps)
+        with self._lock:  # built unets are shared (eval, frozen); unbuilt ones copied by reference
+            state, unets = dict(self._state), dict(self._unets)
+        model = URCDM(config, state, init_seed=self._init_seed, source=self.source)
+        model._unets = unets
+        return model.to(self.device)
+
     def to(self, device: str | torch.device) -> URCDM:
         self.device = torch.device(device)
         with self._lock:

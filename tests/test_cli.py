@@ -59,3 +59,34 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path):
         assert r.returncode == 2, (args, r.stderr)
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and msg in lines[0] and "Traceback" not in r.stderr
+
+
+def test_sampling_steps_override(tmp_path):
+    """--sampling-steps: same weights, other step counts, another fingerprint (other tiles)."""
+    import torch
+
+    from lazyslide import URCDM
+
+    for spec in ("random:test", "demo"):  # random-init and loaded weights
+        model = URCDM.from_spec(spec)
+        fast = model.with_sampling_steps([1, 1, 1])
+        assert fast.config["sampling"]["steps"] == [1, 1, 1] != model.config["sampling"]["steps"]
+        assert fast.fingerprint != model.fingerprint
+        a, b = model.unet(1, 2).state_dict(), fast.unet(1, 2).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+    cache = str(tmp_path / "c")
+    def tile(name, *extra):
+        r = cli("tile", "--model", "random:test", "--level", "0", "--col", "0", "--row", "0",
+                "-o", str(tmp_path / name), "--cache", cache, *extra)
+        assert r.returncode == 0, r.stderr
+        return np.asarray(Image.open(tmp_path / name))
+
+    fast1 = tile("f1.png", "--sampling-steps", "1,1,1")
+    assert np.array_equal(fast1, tile("f2.png", "--sampling-steps", "1,1,1"))
+    assert not np.array_equal(fast1, tile("default.png"))
+    bad = (("1,1", "needs 3 integers"), ("0,1,1", "integers >= 1"), ("a,1,1", "must be integers"))
+    for steps, msg in bad:
+        r = cli("tile", "--model", "random:test", "--level", "0", "--col", "0", "--row", "0",
+                "-o", str(tmp_path / "x.png"), "--sampling-steps", steps)
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
