@@ -40,6 +40,19 @@ def _model(spec: str, device: str | None = None, sampling_steps: str | None = No
     return model
 
 
+def _seed_arg(text: str) -> int:
+    """argparse type of --seed: ASCII digits in the one seed range (lazyslide.seeds)."""
+    from .seeds import check_seed, parse_seeds
+
+    try:
+        (seed,) = parse_seeds(text)
+        return check_seed(seed)
+    except (LazySlideError, ValueError):
+        from .seeds import MAX_SEED
+
+        raise argparse.ArgumentTypeError(f"must be one integer in 0..{MAX_SEED}, got {text!r}") from None
+
+
 def _store(cache: str | None):
     from .store import TileStore
 
@@ -122,6 +135,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_tile(args: argparse.Namespace) -> int:
     from PIL import Image
 
+    from .export import check_writable
     from .slide import Slide
 
     started = time.perf_counter()
@@ -132,13 +146,20 @@ def cmd_tile(args: argparse.Namespace) -> int:
         raise LazySlideError(f"output folder {out.parent} does not exist")
     if out.suffix.lower() not in (".png", ".tif", ".tiff"):
         raise LazySlideError(f"output {out} must be .png or .tif (lossless)")
+    if out.is_dir():
+        raise LazySlideError(f"output {out} is a folder: give a file name")
+    check_writable(out.parent)
     bar = _Bar("tiles", enabled=not args.json)
     slide = Slide(model, args.seed, _store(args.cache), progress=bar, method=args.method)
     tile = (args.level, args.col, args.row)
     bar.start(len(slide.missing([TileId(*tile)])))
     pixels = slide.tile(*tile, progress=bar)
     bar.close()
-    Image.fromarray(pixels).save(out)
+    try:
+        Image.fromarray(pixels).save(out)
+    except OSError as e:
+        raise LazySlideError(f"cannot write {out}: {e.strerror or e} (the tile is stored; "
+                             "rerun to write it without generating)") from None
     levels = range(model.geometry.levels)
     report = {
         "output": str(out),
@@ -206,8 +227,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_materialize(args: argparse.Namespace) -> int:
-    from .export import EXTENSIONS, export, tile_count
-    from .materialize import materialize, parse_seeds
+    from .export import EXTENSIONS, check_export, export, tile_count
+    from .materialize import materialize
+    from .seeds import parse_seeds
     from .slide import Slide
 
     seeds = parse_seeds(args.seed)
@@ -218,11 +240,12 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         targets = [out / f"seed{s}{EXTENSIONS[args.format]}" for s in seeds]
     else:
         targets = [out]
-    for target in targets:
-        if target.exists() and not args.overwrite:
-            raise LazySlideError(f"{target} exists (use --overwrite to replace it)")
-        if not target.parent.is_dir():
-            raise LazySlideError(f"output folder {target.parent} does not exist")
+    options = dict(compression=args.compression, quality=args.quality, tile=args.tiff_tile,
+                   overwrite=args.overwrite)
+    for target in targets:  # every option and output checked before the first tile is made
+        check_export(target, args.format, **options)
+    if args.batch_size < 1:
+        raise LazySlideError(f"--batch-size must be >= 1, got {args.batch_size}")
     model = _model(args.model, args.device, args.sampling_steps)
     store = _store(args.cache)
     client = None
@@ -258,9 +281,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             stats = materialize(slide, batch_size=args.batch_size, show_progress=not args.json)
         bar = _Bar(f"writing {target.name}", enabled=not args.json)
         bar.start(tile_count(slide, args.format, args.tiff_tile))
-        export(slide, target, args.format, compression=args.compression, quality=args.quality,
-               overwrite=args.overwrite, tile=args.tiff_tile,
-               progress=bar.step)
+        export(slide, target, args.format, progress=bar.step, **options)
         bar.close()
         entry = {"seed": seed, "output": str(target), "model": model.fingerprint,
                  "levels": stats.to_dict(), "seconds": round(time.perf_counter() - started, 3)}
@@ -366,7 +387,7 @@ def cmd_assemble(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation.evaluate import evaluate
-    from .materialize import parse_seeds
+    from .seeds import parse_seeds
 
     if args.n < 4 or (args.pfid_n is not None and args.pfid_n < 2) or args.block < 1:
         raise LazySlideError("--n must be >= 4 (k = 3 neighbours), --pfid-n >= 2, --block >= 1")
@@ -398,7 +419,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         raise LazySlideError("the study needs --model and --real SLIDE ...")
     from aiohttp import web
 
-    from .materialize import parse_seeds
+    from .seeds import parse_seeds
     from .server.study import Study
     from .training.prepare import DatasetError, SlideReader
 
@@ -436,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tile = sub.add_parser("tile", help="generate one tile (and what it depends on)")
     tile.add_argument("--model", required=True, help=model_help)
-    tile.add_argument("--seed", type=int, default=0, help="slide seed (default 0)")
+    tile.add_argument("--seed", type=_seed_arg, default=0, help="slide seed (default 0)")
     tile.add_argument("--level", type=int, required=True, help="magnification level, 0 = lowest")
     tile.add_argument("--col", type=int, required=True)
     tile.add_argument("--row", type=int, required=True)
@@ -453,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="serve slides to the browser viewer and as Deep Zoom")
     serve.add_argument("--model", help="default: the bundled demo model, else random:demo")
-    serve.add_argument("--seed", type=int, default=0, help="slide opened at start-up (default 0)")
+    serve.add_argument("--seed", type=_seed_arg, default=0, help="slide opened at start-up (default 0)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--cache", help="tile store folder (default ~/.cache/lazyslide)")
@@ -489,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="make the overview and a deep tile of a demo slide")
     demo.add_argument("--model", help="default: the bundled demo model, else random:demo")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=_seed_arg, default=0)
     demo.add_argument("-o", "--output", default="out", help="output folder (default out/)")
     demo.add_argument("--cache", help="tile store folder (default ~/.cache/lazyslide)")
     demo.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
@@ -578,12 +599,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _attach_dash_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``--opt -1,1,1`` -> ``--opt=-1,1,1`` for options that take a value.
+
+    argparse reads a value that starts with '-' as the next option unless it is a plain negative
+    number, and then says "expected one argument"; attached, the value reaches the option's own
+    check, whose message names what is wrong with it.
+    """
+    takes_value: set[str] = set()
+    stack = [parser]
+    while stack:
+        p = stack.pop()
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                stack.extend(action.choices.values())
+            elif action.nargs is None and action.option_strings:
+                takes_value.update(action.option_strings)
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in takes_value and i + 1 < len(argv) and argv[i + 1][:1] == "-" \
+                and argv[i + 1][1:2].isdigit():
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    seed = getattr(args, "seed", 0)
-    if isinstance(seed, int) and seed < 0:
-        print("lazyslide: error: --seed must be non-negative", file=sys.stderr)
-        return 2
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(_attach_dash_values(parser, argv))
     try:
         return args.func(args)
     except LazySlideError as e:

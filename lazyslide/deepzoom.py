@@ -19,6 +19,7 @@ from .geometry import TileId
 from .openslide_view import OpenSlideView
 from .slide import Slide
 
+XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>\n'
 FORMATS = {"jpeg": "JPEG", "jpg": "JPEG", "png": "PNG"}
 MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png"}
 
@@ -31,7 +32,9 @@ class DeepZoom:
         self.quality = quality
 
     def descriptor(self) -> str:
-        return self.dz.get_dzi("jpeg")
+        """The .dzi XML, with the declaration that Microsoft's descriptors carry (openslide's
+        get_dzi omits it, and readers such as large_image's deepzoom source refuse it then)."""
+        return XML_DECLARATION + self.dz.get_dzi("jpeg")
 
     def valid(self, level: int, col: int, row: int) -> bool:
         if not 0 <= level < self.dz.level_count:

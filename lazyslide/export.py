@@ -12,15 +12,20 @@ Formats:
 Every file is written under a temporary name and renamed when complete, so a partial file never
 looks finished. Reduced levels halve the one below: each full-resolution tile's 2x2-averaged
 half goes to a scratch file (tile-major), from which the next level's tiles are read back.
+Temporary names derive from the output's name (``.NAME.partial``, ``.NAME.scratch/``), so a run
+killed mid-export leaves nothing that the next run of the same output does not remove.
+``check_export`` validates every option and the output location before anything is generated.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import math
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -41,12 +46,80 @@ class ExportError(LazySlideError):
     """The export cannot be written (the message names the path and the problem)."""
 
 
+#: TIFF tile sizes: multiples of 16 (TIFF's rule for tiles) up to this many pixels.
+MAX_TIFF_TILE = 4096
+
+
+def check_writable(folder: Path) -> None:
+    """Fail now if nothing can be created in ``folder`` (permissions, read-only file system).
+
+    A probe file rather than os.access: access() says yes to root on a read-only mount.
+    """
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".lazyslide-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ExportError(f"cannot write in {folder}: {e.strerror or e}") from None
+
+
+def check_export(out: Path, fmt: str, *, compression: str = "jpeg", quality: int = 90,
+                 tile: int = 256, overwrite: bool = False) -> Path:
+    """Validate an export before its slide is generated (minutes to hours): every option, the
+    name, and that the output can be written. Returns ``out`` as a Path."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if compression not in COMPRESSIONS:
+        raise ExportError(f"unknown compression {compression!r}; choose jpeg or deflate")
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+        raise ExportError(f"--quality must be in 1..100, got {quality!r}")
+    if (isinstance(tile, bool) or not isinstance(tile, int) or tile <= 0 or tile % 16
+            or tile > MAX_TIFF_TILE):
+        raise ExportError(f"--tiff-tile must be a multiple of 16 in 16..{MAX_TIFF_TILE}, got {tile!r}")
+    out = Path(out)
+    if (fmt == "dzi") != (out.suffix.lower() == ".dzi"):
+        want = "NAME.dzi" if fmt == "dzi" else f"NAME{EXTENSIONS[fmt]} (not .dzi)"
+        raise ExportError(f"a {fmt} export must be named {want}, got {out.name}")
+    if not out.parent.is_dir():
+        raise ExportError(f"output folder {out.parent} does not exist")
+    taken = [p for p in (out, _dzi_files(out) if fmt == "dzi" else None) if p is not None and p.exists()]
+    for p in taken:
+        if p.is_dir() and p == out:
+            raise ExportError(f"{out} is a folder: give a file name (nothing was replaced)")
+        if not overwrite:
+            raise ExportError(f"{p} exists (use --overwrite to replace it)")
+    check_writable(out.parent)
+    return out
+
+
+def _dzi_files(out: Path) -> Path:
+    return out.with_name(out.name[: -len(".dzi")] + "_files")
+
+
+def _temporary(out: Path, what: str) -> Path:
+    """A temporary path beside ``out``, the same for every run of the same output."""
+    return out.with_name(f".{out.name}.{what}")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def ome_uuid(slide: Slide, fmt: str, compression: str, quality: int, tile: int) -> str:
+    """The OME UUID of an export: a function of what the file holds, so reruns write the same
+    bytes (tifffile would draw a random one)."""
+    identity = f"lazyslide/{slide.model.fingerprint}/{slide.method}/{slide.seed}/{fmt}/" \
+               f"{compression}/{quality}/{tile}"
+    return str(uuid.UUID(bytes=hashlib.sha256(identity.encode()).digest()[:16], version=4))
+
+
 class Pyramid:
     """Power-of-two levels of the slide's full-resolution canvas, as row-major tile streams."""
 
     def __init__(self, slide: Slide, tile: int, scratch: Path) -> None:
-        if tile % 16 or tile <= 0:
-            raise ExportError(f"TIFF tile size must be a positive multiple of 16, got {tile}")
         self.slide, self.tile, self.scratch = slide, tile, scratch
         sizes = [slide.geometry.canvases[-1]]
         while sizes[-1] > tile:
@@ -111,14 +184,21 @@ def _aperio(slide: Slide, w: int, h: int, tile: int, compression: str, quality: 
 
 
 def write_tiff(slide: Slide, path: Path, *, layout: str = "tiff", compression: str = "jpeg",
-               quality: int = 90, tile: int = 256, progress: Callable[[], None] | None = None) -> None:
-    """A tiled BigTIFF pyramid in the plain, Aperio (``svs``) or OME (``ome-tiff``) layout."""
+               quality: int = 90, tile: int = 256, progress: Callable[[], None] | None = None,
+               scratch: Path | None = None) -> None:
+    """A tiled BigTIFF pyramid in the plain, Aperio (``svs``) or OME (``ome-tiff``) layout.
+
+    ``scratch``: a folder for the reduced levels' scratch files (created, and removed after).
+    """
     import tifffile
 
     g = slide.geometry
     codec = _tiff_codec(compression, quality)
-    with tempfile.TemporaryDirectory(prefix="lazyslide-scratch-", dir=path.parent) as scratch:
-        pyr = Pyramid(slide, tile, Path(scratch))
+    scratch = scratch if scratch is not None else _temporary(path, "scratch")
+    _remove(scratch)
+    scratch.mkdir()
+    try:
+        pyr = Pyramid(slide, tile, scratch)
         with tifffile.TiffWriter(path, bigtiff=True, ome=layout == "ome-tiff") as tif:
             for k, size in enumerate(pyr.sizes):
                 mpp = g.mpp * 2**k
@@ -129,6 +209,7 @@ def write_tiff(slide: Slide, path: Path, *, layout: str = "tiff", compression: s
                     if k == 0:
                         kw["subifds"] = len(pyr.sizes) - 1
                         kw["metadata"] = {"axes": "YXS", "Name": f"lazyslide seed {slide.seed}",
+                                          "UUID": ome_uuid(slide, layout, compression, quality, tile),
                                           "PhysicalSizeX": mpp, "PhysicalSizeXUnit": "µm",
                                           "PhysicalSizeY": mpp, "PhysicalSizeYUnit": "µm"}
                     else:
@@ -145,6 +226,8 @@ def write_tiff(slide: Slide, path: Path, *, layout: str = "tiff", compression: s
                     tif.write(thumb, photometric="rgb", metadata=None, **_tiff_codec("jpeg", 85),
                               description=_aperio(slide, thumb.shape[1], thumb.shape[0], 0,
                                                   "jpeg", 85, g.mpp * size / thumb.shape[1]))
+    finally:
+        _remove(scratch)
 
 
 def _thumbnail(slide: Slide, longest: int) -> np.ndarray:
@@ -171,24 +254,27 @@ def write_dzi(slide: Slide, path: Path, *, quality: int = 90,
               progress: Callable[[], None] | None = None) -> None:
     """``NAME.dzi`` and ``NAME_files/``, exactly as the server's Deep Zoom endpoint answers."""
     dz = DeepZoom(slide, quality=quality)
-    files = path.with_name(path.name[: -len(".dzi")] + "_files")
-    partial = path.with_name(f".{files.name}.partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    for level in range(dz.dz.level_count):
-        (partial / str(level)).mkdir(parents=True)
-        cols, rows = dz.dz.level_tiles[level]
-        for row in range(rows):
-            for col in range(cols):
-                (partial / str(level) / f"{col}_{row}.jpeg").write_bytes(dz.render(level, col, row, "JPEG"))
-                if progress is not None:
-                    progress()
-    if files.exists():
-        shutil.rmtree(files)
-    partial.rename(files)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(dz.descriptor())
-    tmp.replace(path)
+    files = _dzi_files(path)
+    partial, descriptor = _temporary(files, "partial"), _temporary(path, "partial")
+    try:
+        _remove(partial)
+        for level in range(dz.dz.level_count):
+            (partial / str(level)).mkdir(parents=True)
+            cols, rows = dz.dz.level_tiles[level]
+            for row in range(rows):
+                for col in range(cols):
+                    (partial / str(level) / f"{col}_{row}.jpeg").write_bytes(
+                        dz.render(level, col, row, "JPEG"))
+                    if progress is not None:
+                        progress()
+        descriptor.write_text(dz.descriptor(), encoding="utf-8")
+        if files.exists():
+            _remove(files)
+        partial.rename(files)
+        descriptor.replace(path)
+    finally:
+        _remove(partial)
+        _remove(descriptor)
 
 
 def tile_count(slide: Slide, fmt: str, tile: int = 256) -> int:
@@ -204,27 +290,16 @@ def tile_count(slide: Slide, fmt: str, tile: int = 256) -> int:
 def export(slide: Slide, out: Path, fmt: str, *, compression: str = "jpeg", quality: int = 90,
            overwrite: bool = False, tile: int = 256, progress: Callable[[], None] | None = None) -> Path:
     """Write the slide to ``out`` atomically (temporary name, then rename)."""
-    if fmt not in FORMATS:
-        raise ExportError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
-    if compression not in COMPRESSIONS:
-        raise ExportError(f"unknown compression {compression!r}; choose jpeg or deflate")
-    if not 1 <= quality <= 100:
-        raise ExportError(f"quality must be in 1..100, got {quality}")
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise ExportError(f"output folder {out.parent} does not exist")
-    if out.exists() and not overwrite:
-        raise ExportError(f"{out} exists (use --overwrite to replace it)")
+    out = check_export(out, fmt, compression=compression, quality=quality, tile=tile,
+                       overwrite=overwrite)
     try:
         if fmt == "dzi":
-            if out.suffix != ".dzi":
-                raise ExportError(f"a Deep Zoom export must be named NAME.dzi, got {out.name}")
             write_dzi(slide, out, quality=quality, progress=progress)
             return out
-        tmp = out.with_name(f".{out.name}.partial")
+        tmp = _temporary(out, "partial")
         try:
             write_tiff(slide, tmp, layout=fmt, compression=compression, quality=quality, tile=tile,
-                       progress=progress)
+                       progress=progress, scratch=_temporary(out, "scratch"))
             tmp.replace(out)
         finally:
             tmp.unlink(missing_ok=True)

@@ -2,7 +2,8 @@
 
 Within a phase no two tiles overlap, so a phase's tiles are independent and go to the model
 ``batch_size`` at a time. Tiles already in the store are skipped, so a killed run resumes where
-it stopped and generates nothing twice.
+it stopped and generates nothing twice; tiles another process has claimed are left to it (the
+store's claims), so several processes on one store share the work and make each tile once.
 """
 
 from __future__ import annotations
@@ -37,26 +38,6 @@ class Stats:
                                "seconds": round(s.seconds, 3)} for s in self.levels}
 
 
-def parse_seeds(text: str) -> list[int]:
-    """``7``, ``0-99`` or ``1,5,9-12`` -> a sorted list of distinct seeds."""
-    seeds: set[int] = set()
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if "-" in part:
-                a, b = (int(v) for v in part.split("-", 1))
-                if b < a:
-                    raise ValueError
-                seeds.update(range(a, b + 1))
-            else:
-                seeds.add(int(part))
-    except ValueError:
-        raise LazySlideError(f"bad --seed {text!r}: use N, A-B or a comma list") from None
-    if not seeds or min(seeds) < 0:
-        raise LazySlideError(f"bad --seed {text!r}: seeds are non-negative integers")
-    return sorted(seeds)
-
-
 def _batches(tiles: list[TileId], size: int) -> Iterable[list[TileId]]:
     for i in range(0, len(tiles), size):
         yield tiles[i:i + size]
@@ -79,15 +60,24 @@ def materialize(slide: Slide, *, batch_size: int = 1, show_progress: bool = True
                    file=sys.stderr, disable=not show_progress, dynamic_ncols=True)
         started = time.perf_counter()
         for phase in sorted({plan.rank(g, *t) for t in todo}):
-            in_phase = [t for t in todo if plan.rank(g, *t) == phase]
-            for batch in _batches(in_phase, batch_size):
-                for kind in slide.make_batch(batch):
-                    if kind == "generated":
-                        st.generated += 1
-                    else:
-                        st.background += 1
-                bar.update(len(batch))
-                bar.set_postfix(generated=st.generated, background=st.background)
+            pending = [t for t in todo if plan.rank(g, *t) == phase]
+            others = len(pending)  # of the phase's tiles, those another process makes
+            while pending:
+                made = 0
+                for batch in _batches(pending, batch_size):
+                    for kind in slide.make_batch(batch):
+                        made += 1
+                        if kind == "generated":
+                            st.generated += 1
+                        else:
+                            st.background += 1
+                        bar.update()
+                    bar.set_postfix(generated=st.generated, background=st.background)
+                others -= made
+                pending = [t for t in pending if not slide.is_stored(*t)]
+                if pending and not made:  # the rest is claimed by other processes: wait for one
+                    slide.wait_for(pending[0])
+            bar.update(others)
         st.seconds = time.perf_counter() - started
         bar.close()
         stats.levels.append(st)

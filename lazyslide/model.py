@@ -34,6 +34,10 @@ FORMAT = "lazyslide-urcdm/1"
 #: Part of every fingerprint: bump when the sampler's output for the same inputs changes.
 SAMPLER_VERSION = "1"
 DEMO_MODEL_DIR = Path(__file__).parent / "models" / "demo"
+#: Bounds on sampling settings: far above any useful value (the paper samples 128/64/64 steps),
+#: low enough that a typo fails with a message instead of an overflow or a run of years.
+MAX_STEPS = 10_000
+MAX_RESAMPLE = 100
 
 _COMMON = dict(layer_cross_attns=False, attn_heads=2, attn_dim_head=16)
 #: Unet architectures per preset and cascade stage (the same at every level).
@@ -202,6 +206,9 @@ class URCDM:
     @classmethod
     def from_spec(cls, spec: str) -> URCDM:
         """``random:PRESET[:SEED]``, ``demo`` or a folder path."""
+        if not isinstance(spec, str) or not spec.strip():
+            raise ModelError("empty model spec: give a model folder, 'demo' or "
+                             "'random:PRESET[:INIT_SEED]'")
         if spec.startswith("random:"):
             parts = spec.split(":")
             if len(parts) not in (2, 3) or not parts[1]:
@@ -328,9 +335,12 @@ class URCDM:
         for sch in [*d["schedules"], d["lowres_noise_schedule"]]:
             if sch not in SCHEDULES:
                 raise ModelError(f"model config: unknown noise schedule {sch!r}")
-        for v in [*s["steps"], *s["resample"]]:
-            if not isinstance(v, int) or v < 1:
-                raise ModelError(f"model config: steps and resample must be integers >= 1, got {v!r}")
+        for name, values, most in (("steps", s["steps"], MAX_STEPS),
+                                   ("resample", s["resample"], MAX_RESAMPLE)):
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= most:
+                    raise ModelError(f"sampling {name} must be integers >= 1 (at most {most}) per "
+                                     f"cascade stage, got {v!r}")
 
     def _construct(self, level: int, stage: int) -> nn.Module:
         return build_unet(self.config, level, stage)

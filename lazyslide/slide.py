@@ -26,6 +26,7 @@ from .generator import TileJob, generate
 from .geometry import BACKGROUND_FILL, Box, TileId
 from .model import URCDM
 from .plan import OutpaintPlan, ParityPlan, Plan
+from .seeds import check_seed
 from .store import TileStore, tile_key
 
 #: Largest region ``read_region`` composes at once (pixels), to fail early instead of swapping.
@@ -45,8 +46,7 @@ class Slide:
     def __init__(self, model: URCDM, seed: int = 0, store: TileStore | None = None, *,
                  plan: Plan | None = None, progress: Progress | None = None,
                  make_level0: bool = True, method: str = "urcdm") -> None:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise LazySlideError(f"seed must be a non-negative integer, got {seed!r}")
+        check_seed(seed)
         if method not in METHODS:
             raise LazySlideError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
         self.model = model
@@ -116,26 +116,58 @@ class Slide:
     def is_stored(self, level: int, col: int, row: int) -> bool:
         return self._key(TileId(level, col, row)) in self.store
 
+    def wait_for(self, tile: TileId) -> bool:
+        """Wait while another process makes ``tile`` (True once stored; False if its claim
+        lapsed unmade, so it is free to make)."""
+        return self.store.wait_for(self._key(tile))
+
     def make_batch(self, tiles: list[TileId], *, progress: Progress | None = None) -> list[str]:
         """Make independent tiles of one level (dependencies stored) with one model call.
 
-        Used by batch export. The backends are not batch-invariant, so with more than one tile
-        per call the pixels may differ by 1 in a few values from tiles made one at a time; the
-        stored result is canonical either way.
+        Used by batch export. Tiles that another process has claimed are left to it (see
+        ``TileStore.claim``); the caller comes back for them once they are stored. Returns the
+        kind of each tile made here. The backends are not batch-invariant, so with more than one
+        tile per call the pixels may differ by 1 in a few values from tiles made one at a time;
+        the stored result is canonical either way.
         """
-        todo = [t for t in tiles if self._key(t) not in self.store]
-        return self._produce(todo, progress) if todo else []
+        mine = []
+        try:
+            for t in tiles:
+                key = self._key(t)
+                if key not in self.store and self.store.claim(key):
+                    if key in self.store:  # stored between the check and the claim
+                        self.store.release(key)
+                    else:
+                        mine.append(t)
+            return self._produce(mine, progress) if mine else []
+        finally:
+            for t in mine:
+                self.store.release(self._key(t))
 
     # -- making one tile -------------------------------------------------------------------------
     def _make(self, tile: TileId) -> str | None:
-        """Make and store ``tile`` unless it exists; its dependencies must exist."""
-        with self._lock_for(tile):
-            if self._key(tile) in self.store:
+        """Make and store ``tile`` unless it exists; its dependencies must exist.
+
+        One thread of this process (a lock per tile) and one process of all those sharing the
+        store (a claim in the store) makes it; the others wait and read it back.
+        """
+        key = self._key(tile)
+        try:
+            with self._lock_for(tile):
+                while key not in self.store:
+                    if not self.store.claim(key):
+                        self.store.wait_for(key)  # stored, or the claim lapsed: look again
+                        continue
+                    try:
+                        if key in self.store:
+                            break
+                        return self._produce([tile])[0]
+                    finally:
+                        self.store.release(key)
                 return None  # made meanwhile by another thread (or process)
-            kind = self._produce([tile])[0]
-        with self._locks_guard:
-            self._locks.pop(tile, None)
-        return kind
+        finally:
+            with self._locks_guard:
+                self._locks.pop(tile, None)
 
     def _produce(self, tiles: list[TileId], progress: Progress | None = None) -> list[str]:
         """Make and store independent tiles whose dependencies are stored: background tiles

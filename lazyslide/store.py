@@ -9,14 +9,22 @@ diskcache is told never to evict (``eviction_policy='none'``): a silently droppe
 be regenerated identically, but at great cost. Its ``size_limit`` only triggers culling, which
 'none' disables, so the store grows until the disk is full (a full paper slide is ~3-5 GB of
 PNG). Remove the folder to reclaim space. diskcache's SQLite must not live on NFS.
+
+Claims: before a process makes a tile it claims the tile's key in the store (``claim``), so that
+several processes or servers on one store make each tile once; the others wait for it. A claim
+is a lease (``LAZYSLIDE_CLAIM_SECONDS``, default 60 s) that its holder renews from a background
+thread while it works: a process that dies (even by SIGKILL) holds nothing longer than that.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import socket
 import sqlite3
 import threading
+import time
+import uuid
 from collections import OrderedDict
 from pathlib import Path
 
@@ -28,6 +36,17 @@ from .errors import StoreError
 from .geometry import TileId
 
 DEFAULT_CACHE = Path(os.environ.get("LAZYSLIDE_CACHE", Path.home() / ".cache" / "lazyslide"))
+
+
+def _default_lease() -> float:
+    text = os.environ.get("LAZYSLIDE_CLAIM_SECONDS", "60")
+    try:
+        lease = float(text)
+    except ValueError:
+        lease = -1.0
+    if not 1 <= lease <= 86400:
+        raise StoreError(f"LAZYSLIDE_CLAIM_SECONDS must be a number of seconds in 1..86400, got {text!r}")
+    return lease
 
 
 def tile_key(fingerprint: str, seed: int, tile: TileId) -> str:
@@ -47,17 +66,26 @@ def decode_png(data: bytes) -> np.ndarray:
 class TileStore:
     """A diskcache folder of PNG tiles, with a small in-memory cache of decoded tiles."""
 
-    def __init__(self, directory: str | Path | None = None, *, memory_tiles: int = 256) -> None:
+    def __init__(self, directory: str | Path | None = None, *, memory_tiles: int = 256,
+                 lease: float | None = None) -> None:
         self.directory = Path(directory) if directory is not None else DEFAULT_CACHE
+        if self.directory.exists() and not self.directory.is_dir():
+            raise StoreError(f"cannot open tile store {self.directory}: not a folder")
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._cache = diskcache.Cache(str(self.directory), eviction_policy="none",
                                           size_limit=2**62, cull_limit=0)
+            # claims live in a database of their own: len(store) and the tiles stay untouched
+            self._claims_db = diskcache.Cache(str(self.directory / "claims"), eviction_policy="none")
         except (OSError, sqlite3.Error) as e:
             raise StoreError(f"cannot open tile store {self.directory}: {e}") from None
         self._memory: OrderedDict[str, np.ndarray] = OrderedDict()
         self._memory_tiles = memory_tiles
         self._lock = threading.Lock()
+        self.lease = _default_lease() if lease is None else float(lease)
+        self._owner = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex}"
+        self._held: set[str] = set()
+        self._renewer: threading.Thread | None = None
 
     def get(self, key: str) -> np.ndarray | None:
         with self._lock:
@@ -93,7 +121,69 @@ class TileStore:
         return len(self._cache)
 
     def close(self) -> None:
+        with self._lock:
+            held, self._held = list(self._held), set()
+        for key in held:
+            self.release(key)
         self._cache.close()
+        self._claims_db.close()
+
+    # -- claims: one maker per tile across processes --------------------------------------------
+    def claim(self, key: str) -> bool:
+        """Take the lease to make ``key``; False while another live holder has it."""
+        if not self._claims_db.add(key, self._owner, expire=self.lease, retry=True):
+            return False  # add() is atomic and treats an expired lease as absent
+        with self._lock:
+            self._held.add(key)
+            if self._renewer is None or not self._renewer.is_alive():
+                self._renewer = threading.Thread(target=self._renew, name="lazyslide-claims",
+                                                 daemon=True)
+                self._renewer.start()
+        return True
+
+    def release(self, key: str) -> None:
+        """Give up a claim (after the tile is stored, or when making it failed)."""
+        with self._lock:
+            self._held.discard(key)
+        with self._claims_db.transact(retry=True):
+            if self._claims_db.get(key, retry=True) == self._owner:
+                self._claims_db.delete(key, retry=True)
+
+    def claimed(self, key: str) -> bool:
+        """Whether a live claim on ``key`` exists (anyone's)."""
+        return self._claims_db.get(key, retry=True) is not None
+
+    def wait_for(self, key: str, *, poll: float = 0.05, timeout: float | None = None) -> bool:
+        """Wait while another holder makes ``key``: until it is stored (True) or nobody holds
+        its claim any more (False: released after a failure, or the lease of a dead holder ran
+        out), so the caller can claim it itself."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if key in self:
+                return True
+            if not self.claimed(key):
+                return key in self
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(poll)
+            poll = min(poll * 1.5, 1.0)
+
+    def _renew(self) -> None:
+        """Extend every held lease a few times per lease, while any is held."""
+        while True:
+            time.sleep(self.lease / 4)
+            with self._lock:
+                held = list(self._held)
+                if not held:
+                    self._renewer = None
+                    return
+            for key in held:
+                try:
+                    with self._claims_db.transact(retry=True):
+                        if self._claims_db.get(key, retry=True) == self._owner:
+                            self._claims_db.touch(key, expire=self.lease, retry=True)
+                except sqlite3.Error:
+                    pass  # a busy database: the next round renews (a lease outlasts 3 rounds)
 
     def _remember(self, key: str, tile: np.ndarray) -> None:
         with self._lock:
@@ -123,3 +213,16 @@ class MemoryStore:
 
     def __len__(self) -> int:
         return len(self._tiles)
+
+    # one process owns a memory store: every claim succeeds
+    def claim(self, key: str) -> bool:
+        return True
+
+    def release(self, key: str) -> None:
+        pass
+
+    def claimed(self, key: str) -> bool:
+        return False
+
+    def wait_for(self, key: str, **kwargs) -> bool:
+        return key in self

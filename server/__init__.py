@@ -15,6 +15,7 @@ def serve(model, store, *, seed: int = 0, host: str = "127.0.0.1", port: int = 8
     from .app import OSD_DIR
 
     server = LazySlideServer(model, store, max_slides=max_slides)
+    _check_bindable(host, port)  # before level 0 is made: minutes on a CPU
     entry = server.open_now(seed, progress=progress)
     if on_ready is not None:
         on_ready()
@@ -26,3 +27,13 @@ def serve(model, store, *, seed: int = 0, host: str = "127.0.0.1", port: int = 8
     web.run_app(server.app(), host=host, port=port, print=None, handler_cancellation=True,
                 shutdown_timeout=10)
     print("lazyslide: stopped (every finished tile is in the store)")
+
+
+def _check_bindable(host: str, port: int) -> None:
+    """Fail now, not after level 0, if the address cannot be listened on (OSError)."""
+    import socket
+
+    for family, kind, proto, _, addr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(addr)

@@ -19,6 +19,8 @@ from aiohttp import web
 
 from lazyslide import URCDM, Slide, TileStore
 from lazyslide.deepzoom import FORMATS, MEDIA_TYPES, DeepZoom
+from lazyslide.errors import LazySlideError
+from lazyslide.seeds import MAX_SEED
 
 from .cache import EncodedCache
 from .metrics import Metrics
@@ -26,8 +28,13 @@ from .scheduler import Dropped, QueueFull, Scheduler
 
 VIEWER_DIR = Path(__file__).resolve().parent.parent / "viewer"
 OSD_DIR = VIEWER_DIR / "node_modules" / "openseadragon" / "build" / "openseadragon"
-TILE_NAME = re.compile(r"^(\d{1,9})_(\d{1,9})\.([a-z]{1,5})$")
-MAX_SEED = 2**63 - 1
+# ASCII digits only: str.isdigit() and \d also accept superscripts, full-width and other scripts
+# digits, which int() would read as other (aliased) tile addresses.
+TILE_NAME = re.compile(r"^([0-9]{1,9})_([0-9]{1,9})\.([a-z]{1,5})$")
+LEVEL_NAME = re.compile(r"^[0-9]{1,9}$")
+#: Largest WebSocket message read at all; a tile request is far smaller (MAX_REQUEST).
+MAX_WS_MESSAGE = 1 << 20
+MAX_REQUEST = 1 << 12
 IMMUTABLE = "public, max-age=31536000, immutable"
 
 SERVER_KEY = web.AppKey("lazyslide", "LazySlideServer")
@@ -46,6 +53,13 @@ class LazySlideServer:
 
     def __init__(self, model: URCDM, store: TileStore, *, max_slides: int = 8,
                  max_queue: int = 4096, cache_bytes: int = 256 << 20, quality: int = 90) -> None:
+        for name, value, least in (("max_slides", max_slides, 1), ("max_queue", max_queue, 1),
+                                   ("cache_bytes", cache_bytes, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise LazySlideError(f"--{name.replace('_', '-')} must be an integer >= {least}, "
+                                     f"got {value!r}")
+        if not 1 <= quality <= 100:
+            raise LazySlideError(f"JPEG quality must be in 1..100, got {quality!r}")
         self.model = model
         self.store = store
         self.max_slides = max_slides
@@ -217,7 +231,8 @@ async def list_slides(request: web.Request) -> web.Response:
 async def create_slide(request: web.Request) -> web.Response:
     try:
         body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError):
+        # RecursionError: deeply nested arrays/objects exhaust the JSON parser's stack
         raise web.HTTPBadRequest(text='body must be JSON like {"seed": 1}') from None
     seed = body.get("seed") if isinstance(body, dict) else None
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
@@ -238,7 +253,7 @@ async def descriptor(request: web.Request) -> web.Response:
 
 def _parse_tile(level_text: str, name: str) -> tuple[int, int, int, str]:
     m = TILE_NAME.match(name)
-    if not level_text.isdigit() or len(level_text) > 9 or m is None:
+    if LEVEL_NAME.match(level_text) is None or m is None:
         raise web.HTTPBadRequest(text="tile path must be /slides/ID_files/LEVEL/COL_ROW.jpeg")
     fmt = FORMATS.get(m[3])
     if fmt is None:
@@ -301,7 +316,7 @@ async def tiles_socket(request: web.Request) -> web.WebSocketResponse:
     """
     s = _server(request)
     entry = _slide(request)
-    ws = web.WebSocketResponse(heartbeat=30, max_msg_size=1 << 12)
+    ws = web.WebSocketResponse(heartbeat=30, max_msg_size=MAX_WS_MESSAGE)
     await ws.prepare(request)
     tasks: dict[int, asyncio.Task] = {}
 
@@ -322,6 +337,8 @@ async def tiles_socket(request: web.Request) -> web.WebSocketResponse:
             if msg.type != web.WSMsgType.TEXT:
                 continue
             try:
+                if len(msg.data) > MAX_REQUEST:
+                    raise ValueError
                 m = json.loads(msg.data)
                 op, rid = m["op"], m["id"]
                 if not isinstance(rid, int) or not 0 <= rid < 2**32 or op not in ("get", "cancel"):
@@ -334,7 +351,7 @@ async def tiles_socket(request: web.Request) -> web.WebSocketResponse:
                 level, col, row = (m[k] for k in ("level", "col", "row"))
                 if not all(isinstance(v, int) and not isinstance(v, bool) for v in (level, col, row)):
                     raise ValueError
-            except (ValueError, KeyError, TypeError, json.JSONDecodeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 await ws.send_json({"id": None, "status": 400, "error": "bad message"})
                 continue
             if rid not in tasks:

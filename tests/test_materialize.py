@@ -18,7 +18,8 @@ import tiffslide
 from lazyslide import Slide, TileStore
 from lazyslide.cli import main
 from lazyslide.export import export
-from lazyslide.materialize import materialize, parse_seeds
+from lazyslide.materialize import materialize
+from lazyslide.seeds import parse_seeds
 from lazyslide.server import LazySlideServer
 
 FORMATS = [("tiff", "slide.tiff"), ("svs", "slide.svs"), ("ome-tiff", "slide.ome.tiff")]

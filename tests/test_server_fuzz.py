@@ -63,3 +63,57 @@ def test_malformed_tile_addresses(live, col, row, ext):
 def test_malformed_bodies(live, body):
     status = request(live, "POST", "/api/slides", body)
     assert status < 500 or status == 503  # 503: a valid seed while the queue is full
+
+
+# Digits that str.isdigit() and int() accept but that are not ASCII: superscripts, full-width,
+# Arabic-Indic, Devanagari, ... Only ASCII digits address tiles.
+other_digits = st.text(st.characters(categories=["Nd", "No"], exclude_characters="0123456789"),
+                       min_size=1, max_size=3)
+digits_or_other = st.one_of(st.integers(0, 3).map(str), other_digits)
+
+
+@FUZZ
+@given(level=digits_or_other, col=digits_or_other, row=digits_or_other)
+def test_non_ascii_digits_are_not_addresses(live, level, col, row):
+    path = f"/slides/0_files/{quote(level)}/{quote(col)}_{quote(row)}.jpeg"
+    status = request(live, "GET", path)
+    if (level + col + row).isascii():
+        assert status in (200, 404, 503), path
+    else:
+        assert status == 400, (path, status)
+
+
+@pytest.mark.parametrize("depth", [10**3, 10**4, 10**5])
+def test_nested_json_body_is_a_bad_request(live, depth):
+    for body in ("[" * depth + "]" * depth, '{"a":' * depth + "1" + "}" * depth):
+        assert request(live, "POST", "/api/slides", body.encode()) == 400
+    assert request(live, "GET", "/healthz") == 200
+
+
+def test_nested_json_on_the_websocket_keeps_the_socket(live):
+    import asyncio
+
+    import aiohttp
+
+    async def session() -> tuple[bytes, list[dict]]:
+        async with aiohttp.ClientSession() as http, \
+                http.ws_connect(f"{live.url}/api/slides/0/tiles", max_msg_size=0) as ws:
+            await ws.send_json({"op": "get", "id": 7, "level": 8, "col": 0, "row": 0})
+            for depth in (10**3, 10**4, 10**5):
+                await ws.send_str("[" * depth + "]" * depth)
+                await ws.send_str('{"op":' * depth + "1" + "}" * depth)
+            await ws.send_json({"op": "get", "id": 8, "level": 0, "col": 0, "row": 0})
+            tiles, errors = {}, []
+            while len(tiles) < 2 or len(errors) < 6:
+                msg = await asyncio.wait_for(ws.receive(), 300)
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    tiles[int.from_bytes(msg.data[:4], "big")] = msg.data[4:]
+                else:
+                    assert msg.type == aiohttp.WSMsgType.TEXT, msg
+                    errors.append(msg.json())
+            return tiles, errors
+
+    tiles, errors = asyncio.run(session())
+    assert set(tiles) == {7, 8} and all(t[:2] == b"\xff\xd8" for t in tiles.values())
+    assert errors == [{"id": None, "status": 400, "error": "bad message"}] * 6
+    assert request(live, "GET", "/healthz") == 200

@@ -22,6 +22,7 @@ interrupted run keeps every finished slide and a rerun carries on with the other
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -53,6 +54,13 @@ class TissueRule:
     sat_min: float = 0.1
     val_max: float = 0.9
     min_fraction: float = 0.05
+
+    def __post_init__(self) -> None:
+        for name in ("hue_min", "sat_min", "val_max", "min_fraction"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                flag = " (--min-tissue)" if name == "min_fraction" else ""
+                raise DatasetError(f"tissue {name}{flag} is a fraction in [0, 1], got {v!r}")
 
     def fraction(self, rgb: np.ndarray) -> float:
         hsv = np.asarray(Image.fromarray(rgb).convert("HSV"), dtype=np.float32) / 255.0
@@ -114,6 +122,30 @@ def window_origin(geometry: Geometry, level: int, x: float, y: float) -> tuple[f
     return (x + half) / s - half, (y + half) / s - half
 
 
+class _OnceFilter(logging.Filter):
+    """Passes each distinct tiatoolbox warning once per process.
+
+    tiatoolbox logs through the root logger on every read, e.g. "Read: Scale > 1" for each of
+    thousands of targets read finer than the slide's baseline: one line says it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "tiatoolbox" not in record.pathname:
+            return True
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+_ONCE = _OnceFilter()
+
+
 class SlideReader:
     """One slide through tiatoolbox, read in regions at a requested mpp."""
 
@@ -122,6 +154,7 @@ class SlideReader:
             from tiatoolbox.wsicore.wsireader import WSIReader
         except ImportError as e:  # pragma: no cover - depends on the install
             raise DatasetError(f"reading slides needs tiatoolbox ({e}); run `make install`") from None
+        logging.getLogger().addFilter(_ONCE)  # no-op when already added
         try:
             self.wsi = WSIReader.open(str(path), mpp=(mpp, mpp) if mpp else None)
             info = self.wsi.info
@@ -197,6 +230,9 @@ def prepare(
     from tqdm import tqdm
 
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out} exists and is not a folder: a dataset is a folder (new or "
+                           "one to resume)")
     levels = list(range(geometry.levels)) if levels is None else sorted(set(levels))
     for lv in levels:
         geometry.check_tile(lv, 0, 0)  # a valid level
