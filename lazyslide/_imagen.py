@@ -1,4 +1,5 @@
-"""The one place that imports imagen-pytorch, without touching the network.
+"""The one place that knows imagen-pytorch: its import (offline), how its Unet is built from a
+model config, and its call signature (adapted to ``networks.Denoiser``).
 
 imagen-pytorch evaluates ``get_encoded_dim('google/t5-v1_1-base')`` as a default argument of
 ``Unet.__init__`` at import time, which calls ``T5Config.from_pretrained`` and so reaches the
@@ -10,9 +11,15 @@ text, so for the duration of the import only we answer that call with the T5-bas
 from __future__ import annotations
 
 import contextlib
+import io
 import warnings
 from collections.abc import Iterator
 from types import ModuleType
+from typing import Any
+
+from torch import Tensor, nn
+
+from .errors import ModelError
 
 _module: ModuleType | None = None
 
@@ -48,3 +55,37 @@ def imagen() -> ModuleType:
 
         _module = imagen_pytorch
     return _module
+
+
+def build_unet(config: dict[str, Any], level: int, stage: int) -> nn.Module:
+    """The imagen-pytorch Unet of (level, cascade stage) as ``config`` describes it (fresh init)."""
+    kwargs = dict(config["unets"][level][stage])
+    kwargs.update(
+        channels=3,
+        cond_on_text=False,
+        text_embed_dim=None,
+        lowres_cond=stage > 0,
+        cond_images_channels=3 if level > 0 else 0,
+    )
+    for k, v in kwargs.items():
+        if isinstance(v, list):
+            kwargs[k] = tuple(v)
+    # imagen-pytorch prints advice about small dims on stdout; keep stdout for our output.
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            return imagen().Unet(**kwargs)
+        except (TypeError, AssertionError, ValueError) as e:
+            raise ModelError(f"unet config for level {level} unet {stage + 1} rejected "
+                             f"by imagen-pytorch: {e}") from None
+
+
+class ImagenDenoiser:
+    """An imagen-pytorch Unet behind the ``Denoiser`` signature (it is conditioned on log SNR)."""
+
+    def __init__(self, unet: nn.Module) -> None:
+        self.unet = unet
+
+    def __call__(self, x_t: Tensor, log_snr: Tensor, *, lowres: Tensor | None = None,
+                 lowres_log_snr: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
+        return self.unet(x_t, log_snr, lowres_cond_img=lowres, lowres_noise_times=lowres_log_snr,
+                         cond_images=cond)

@@ -11,10 +11,8 @@ Specs accepted wherever a model is named: a folder path, ``demo`` (the bundled d
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
-import io
 import json
 import threading
 from pathlib import Path
@@ -28,16 +26,12 @@ from torch import nn
 from .background import BackgroundRule
 from .errors import ModelError
 from .geometry import Geometry, GeometryError, preset
-from .sampler import SCHEDULES, derive_seed
+from .networks import Denoiser, architecture, build_unet
+from .sampler import SCHEDULES, SamplingConfig, derive_seed
 
 FORMAT = "lazyslide-urcdm/1"
 #: Part of every fingerprint: bump when the sampler's output for the same inputs changes.
-SAMPLER_VERSION = "1"
 DEMO_MODEL_DIR = Path(__file__).parent / "models" / "demo"
-#: Bounds on sampling settings: far above any useful value (the paper samples 128/64/64 steps),
-#: low enough that a typo fails with a message instead of an overflow or a run of years.
-MAX_STEPS = 10_000
-MAX_RESAMPLE = 100
 
 _COMMON = dict(layer_cross_attns=False, attn_heads=2, attn_dim_head=16)
 #: Unet architectures per preset and cascade stage (the same at every level).
@@ -102,30 +96,6 @@ def default_config(preset_name: str) -> dict[str, Any]:
     }
 
 
-def build_unet(config: dict[str, Any], level: int, stage: int) -> nn.Module:
-    """The imagen-pytorch Unet of (level, cascade stage) as ``config`` describes it (fresh init)."""
-    from ._imagen import imagen
-
-    kwargs = dict(config["unets"][level][stage])
-    kwargs.update(
-        channels=3,
-        cond_on_text=False,
-        text_embed_dim=None,
-        lowres_cond=stage > 0,
-        cond_images_channels=3 if level > 0 else 0,
-    )
-    for k, v in kwargs.items():
-        if isinstance(v, list):
-            kwargs[k] = tuple(v)
-    # imagen-pytorch prints advice about small dims on stdout; keep stdout for our output.
-    with contextlib.redirect_stdout(io.StringIO()):
-        try:
-            return imagen().Unet(**kwargs)
-        except (TypeError, AssertionError, ValueError) as e:
-            raise ModelError(f"unet config for level {level} unet {stage + 1} rejected "
-                             f"by imagen-pytorch: {e}") from None
-
-
 def file_name(level: int, stage: int) -> str:
     return f"level{level}_unet{stage + 1}.safetensors"
 
@@ -151,7 +121,7 @@ class URCDM:
         self._lock = threading.Lock()
         self.device = torch.device("cpu")
         self._validate()
-        payload = json.dumps(config, sort_keys=True) + f"|sampler={SAMPLER_VERSION}"
+        payload = json.dumps(config, sort_keys=True) + f"|sampler={self.sampling.version}"
         self.fingerprint = hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     # -- construction --------------------------------------------------------------------------
@@ -248,16 +218,21 @@ class URCDM:
         (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     def with_sampling(self, **changes: Any) -> URCDM:
-        """The same weights with other sampling settings (a different fingerprint)."""
+        """The same weights with other sampling settings (``SamplingConfig`` fields: steps,
+        resample, threshold, sampler, ...): a different fingerprint, so its tiles are stored
+        apart from the original's. Built unets are shared (eval mode, frozen)."""
+        sampling = SamplingConfig.from_dict({**self.sampling.to_dict(), **changes})
         config = copy.deepcopy(self.config)
-        unknown = set(changes) - set(config["sampling"])
-        if unknown:
-            raise ModelError(f"unknown sampling settings {sorted(unknown)}")
-        config["sampling"].update(changes)
-        other = URCDM(config, self._state, init_seed=self._init_seed, source=self.source)
-        other._unets, other._lock = self._unets, self._lock  # one set of unets, one guard
-        other.device = self.device
-        return other
+        config["sampling"] = sampling.to_dict()
+        with self._lock:
+            state, unets = dict(self._state), dict(self._unets)
+        model = URCDM(config, state, init_seed=self._init_seed, source=self.source)
+        model._unets = unets
+        return model.to(self.device)
+
+    def with_sampling_steps(self, steps: list[int]) -> URCDM:
+        """``with_sampling(steps=steps)``: other step counts per cascade stage."""
+        return self.with_sampling(steps=list(steps))
 
     # -- access ---------------------------------------------------------------------------------
     @property
@@ -267,6 +242,10 @@ class URCDM:
     @property
     def background(self) -> BackgroundRule:
         return self._background
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        return self._sampling
 
     def unet_keys(self) -> list[tuple[int, int]]:
         return [(lv, st) for lv in range(self.geometry.levels) for st in range(len(self.geometry.cascade))]
@@ -278,16 +257,9 @@ class URCDM:
                 self._build(level, stage)
             return self._unets[(level, stage)]
 
-    def with_sampling_steps(self, steps: list[int]) -> URCDM:
-        """The same weights sampled with other step counts per cascade stage (fewer: faster,
-        coarser). A different fingerprint, so its tiles never mix with the original's."""
-        config = copy.deepcopy(self.config)
-        config["sampling"]["steps"] = list(steps)
-        with self._lock:  # built unets are shared (eval, frozen); unbuilt ones copied by reference
-            state, unets = dict(self._state), dict(self._unets)
-        model = URCDM(config, state, init_seed=self._init_seed, source=self.source)
-        model._unets = unets
-        return model.to(self.device)
+    def denoiser(self, level: int, stage: int) -> Denoiser:
+        """The unet of (level, stage) behind the one call signature sampling uses."""
+        return architecture(self.config).denoiser(self.unet(level, stage))
 
     def to(self, device: str | torch.device) -> URCDM:
         self.device = torch.device(device)
@@ -335,12 +307,8 @@ class URCDM:
         for sch in [*d["schedules"], d["lowres_noise_schedule"]]:
             if sch not in SCHEDULES:
                 raise ModelError(f"model config: unknown noise schedule {sch!r}")
-        for name, values, most in (("steps", s["steps"], MAX_STEPS),
-                                   ("resample", s["resample"], MAX_RESAMPLE)):
-            for v in values:
-                if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= most:
-                    raise ModelError(f"sampling {name} must be integers >= 1 (at most {most}) per "
-                                     f"cascade stage, got {v!r}")
+        self._sampling = SamplingConfig.from_dict(s)
+        architecture(c)  # a known architecture
 
     def _construct(self, level: int, stage: int) -> nn.Module:
         return build_unet(self.config, level, stage)

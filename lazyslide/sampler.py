@@ -7,21 +7,34 @@ ran before it), and passes the conditioning image un-normalised. Here every tile
 ``torch.Generator``, the jump back is the true forward process q(x_t | x_s), and the caller owns
 normalisation.
 
-The schedules and the posterior are imagen-pytorch's continuous-time ones (models trained with
-its ``Imagen`` class sample correctly here). ``model(x_t, log_snr_t) -> x0`` is the only
-contract with the network.
+The pieces, as in k-diffusion's ``sampling.py``: a time grid (``timesteps``), step functions
+(one reverse step of one sampler family, registered in ``SAMPLERS``), and one inpainting wrapper
+(``sample``: known-pixel replacement and RePaint resample jumps) that runs any step function and
+decides per sample whether it inpaints. ``SamplingConfig`` is the validated, frozen description
+of how a model samples; the model fingerprint hashes it. The schedules and the posterior are
+imagen-pytorch's continuous-time ones; ``model(x_t, log_snr_t) -> x0`` is the only contract
+with the network.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
+from .errors import ModelError
+
 X0Model = Callable[[Tensor, Tensor], Tensor]
+
+#: Bounds on sampling settings: far above any useful value (the paper samples 128/64/64 steps),
+#: low enough that a typo fails with a message instead of an overflow or a run of years.
+MAX_STEPS = 10_000
+MAX_RESAMPLE = 100
 
 
 # -- noise schedules (log SNR as a function of t in [0, 1]; identical to imagen-pytorch) ----------
@@ -91,19 +104,67 @@ class TileNoise:
     """Gaussian noise for a batch, sample ``i`` drawn only from its own generator.
 
     Noise is drawn on the CPU so a tile's random numbers do not depend on the device or on the
-    other tiles in its batch.
+    other tiles in its batch. ``only`` draws for some samples (zeros for the others, whose
+    generators do not advance), so a sample draws the same numbers whatever its batch needs.
     """
 
     def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu"):
         self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
         self.device = torch.device(device)
 
-    def __call__(self, shape: Sequence[int]) -> Tensor:
-        draws = [torch.randn(tuple(shape), generator=g) for g in self.generators]
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def __call__(self, shape: Sequence[int], only: Sequence[bool] | None = None) -> Tensor:
+        shape = tuple(shape)
+        draws = [torch.randn(shape, generator=g) if only is None or only[i] else torch.zeros(shape)
+                 for i, g in enumerate(self.generators)]
         return torch.stack(draws).to(self.device)
 
 
-# -- the sampler --------------------------------------------------------------------------------
+# -- the time grid ------------------------------------------------------------------------------
+def timesteps(schedule: Callable[[Tensor], Tensor], steps: int,
+              device: torch.device | str = "cpu") -> Tensor:
+    """log SNR at ``steps + 1`` equally spaced times from t = 1 (noise) to t = 0 (data)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return schedule(torch.linspace(1.0, 0.0, steps + 1, device=device))
+
+
+# -- step functions: one reverse step x_t -> x_s of one sampler family ---------------------------
+class Step(Protocol):
+    def __call__(self, model: X0Model, x: Tensor, log_snr_t: Tensor, log_snr_s: Tensor,
+                 noise: Callable[[], Tensor], *, threshold: float, last: bool) -> Tensor: ...
+
+
+def ancestral_step(model: X0Model, x: Tensor, log_snr_t: Tensor, log_snr_s: Tensor,
+                   noise: Callable[[], Tensor], *, threshold: float, last: bool) -> Tensor:
+    """DDPM's ancestral step: x_s ~ q(x_s | x_t, x0 = model(x_t)), the mean at the last step."""
+    x0 = dynamic_threshold(model(x, log_snr_t.expand(len(x))), threshold)
+    mean, var = posterior(x0, x, log_snr_t, log_snr_s)
+    return mean if last else mean + var.sqrt() * noise()
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A registered sampler family: its step function and the version its fingerprint carries
+    (bump it when the same settings would give other pixels)."""
+
+    step: Step
+    version: str
+
+
+#: The sampler families, by the name a model config and ``--sampler`` use.
+SAMPLERS: dict[str, Sampler] = {
+    "ancestral": Sampler(ancestral_step, version="1"),
+}
+
+#: How known pixels enter a sample: "repaint" replaces them after every step, with resample
+#: jumps (the paper's method). Room for trained inpainting (known pixels as conditioning).
+INPAINTING = ("repaint",)
+
+
+# -- the inpainting wrapper ---------------------------------------------------------------------
 @torch.no_grad()
 def sample(
     model: X0Model,
@@ -112,41 +173,124 @@ def sample(
     *,
     log_snr: Callable[[Tensor], Tensor],
     steps: int,
+    step: Step = ancestral_step,
     known: Tensor | None = None,
     mask: Tensor | None = None,
     resample: int = 1,
     threshold: float = 0.95,
 ) -> Tensor:
-    """Ancestral sampling of a batch of ``shape`` (C, H, W) images in [-1, 1].
+    """A batch of ``shape`` (C, H, W) images in [-1, 1], ``step`` after ``step`` on the grid.
 
-    With ``known`` (B, C, H, W) and ``mask`` (B, 1, H, W, True = keep), RePaint inpainting: after
-    every step the known pixels are replaced by a forward sample of ``known`` at the new noise
-    level, and each step is repeated ``resample`` times, jumping back with the true forward
-    process in between. The returned known pixels equal ``known`` exactly.
+    With ``known`` (B, C, H, W) and ``mask`` (B, 1, H, W, True = keep), RePaint inpainting:
+    after every step the known pixels are replaced by a forward sample of ``known`` at the new
+    noise level, and each step is repeated ``resample`` times, jumping back with the true forward
+    process in between. Decided per sample: one without known pixels draws exactly the random
+    numbers it would draw alone (no replacement, no repeats), so its pixels do not depend on what
+    it is batched with. The returned known pixels equal ``known`` exactly.
     """
     if steps < 1 or resample < 1:
         raise ValueError(f"steps and resample must be >= 1, got {steps} and {resample}")
     device = noise.device
-    batch = len(noise.generators)
-    inpaint = known is not None and mask is not None and bool(mask.any())
-    if inpaint:
+    lsnr = timesteps(log_snr, steps, device)
+    if known is None or mask is None:
+        inpaint = [False] * len(noise)
+    else:
         known, mask = known.to(device), mask.to(device)
-    times = torch.linspace(1.0, 0.0, steps + 1, device=device)
-    lsnr = log_snr(times)
+        inpaint = mask.flatten(1).any(1).tolist()
+    repeats = resample if any(inpaint) else 1
+    keep_first = torch.tensor([not v for v in inpaint], device=device).view(-1, 1, 1, 1)
 
-    x = noise(shape)
-    if inpaint:
-        x = torch.where(mask, q_sample(known, lsnr[0], noise(shape)), x)
+    def replace_known(x: Tensor, log_snr_now: Tensor, exact: bool) -> Tensor:
+        if not any(inpaint):
+            return x
+        target = known if exact else q_sample(known, log_snr_now, noise(shape, only=inpaint))
+        return torch.where(mask, target, x)
+
+    x = replace_known(noise(shape), lsnr[0], exact=False)
     for i in range(steps):
         l_t, l_s, last = lsnr[i], lsnr[i + 1], i == steps - 1
-        for r in range(resample if inpaint else 1):
-            x0 = dynamic_threshold(model(x, l_t.expand(batch)), threshold)
-            mean, var = posterior(x0, x, l_t, l_s)
-            x_s = mean if last else mean + var.sqrt() * noise(shape)
-            if inpaint:
-                x_s = torch.where(mask, known if last else q_sample(known, l_s, noise(shape)), x_s)
-            x = renoise(x_s, l_s, l_t, noise(shape)) if r < resample - 1 and inpaint else x_s
+        settled = None  # the step's result for samples that do not inpaint (their only pass)
+        for r in range(repeats):
+            active = None if r == 0 else inpaint
+            x_s = step(model, x, l_t, l_s, lambda a=active: noise(shape, only=a),
+                       threshold=threshold, last=last)
+            x_s = replace_known(x_s, l_s, exact=last)
+            if settled is None:
+                settled = x_s
+            else:
+                x_s = torch.where(keep_first, settled, x_s)
+            x = renoise(x_s, l_s, l_t, noise(shape, only=inpaint)) if r < repeats - 1 else x_s
     x = x.clamp(-1, 1)
-    if inpaint:
-        x = torch.where(mask, known, x)
-    return x
+    return replace_known(x, lsnr[-1], exact=True)
+
+
+# -- how a model samples ------------------------------------------------------------------------
+#: Settings added after the first models: at these values they are not written to a config.
+_IMPLICIT = {"sampler": "ancestral", "inpainting": "repaint"}
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Sampler family, steps and RePaint resamples per cascade stage, dynamic-threshold
+    percentile and inpainting mode: everything besides the weights that decides a tile.
+
+    ``to_dict`` is what a model config stores and the fingerprint hashes. Fields at the values
+    that models had before they existed (sampler "ancestral", inpainting "repaint") are left out
+    of it, so those models keep their fingerprints and stored tiles.
+    """
+
+    steps: tuple[int, ...]
+    resample: tuple[int, ...]
+    threshold: float = 0.95
+    sampler: str = "ancestral"
+    inpainting: str = "repaint"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", tuple(self.steps))
+        object.__setattr__(self, "resample", tuple(self.resample))
+        if self.sampler not in SAMPLERS:
+            raise ModelError(f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
+        if self.inpainting not in INPAINTING:
+            raise ModelError(f"unknown inpainting mode {self.inpainting!r}; choose from "
+                             f"{', '.join(INPAINTING)}")
+        if len(self.resample) != len(self.steps):
+            raise ModelError(f"sampling: {len(self.steps)} step counts but {len(self.resample)} "
+                             "resample counts (one each per cascade stage)")
+        for name, values, most in (("steps", self.steps, MAX_STEPS),
+                                   ("resample", self.resample, MAX_RESAMPLE)):
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= most:
+                    raise ModelError(f"sampling {name} must be integers >= 1 (at most {most}) per "
+                                     f"cascade stage, got {v!r}")
+        t = self.threshold
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1:
+            raise ModelError(f"sampling threshold must be a percentile in (0, 1], got {t!r}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SamplingConfig:
+        unknown = set(d) - {"steps", "resample", "threshold", "sampler", "inpainting"}
+        if unknown:
+            raise ModelError(f"unknown sampling settings {sorted(unknown)}")
+        try:
+            return cls(steps=tuple(d["steps"]), resample=tuple(d["resample"]),
+                       **{k: d[k] for k in ("threshold", "sampler", "inpainting") if k in d})
+        except KeyError as e:
+            raise ModelError(f"model config sampling: missing {e}") from None
+        except TypeError as e:
+            raise ModelError(f"model config sampling: {e}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"steps": list(self.steps), "resample": list(self.resample),
+                               "threshold": self.threshold}
+        out.update({k: getattr(self, k) for k, v in _IMPLICIT.items() if getattr(self, k) != v})
+        return out
+
+    @property
+    def version(self) -> str:
+        """What the fingerprint appends for the sampler's code."""
+        return SAMPLERS[self.sampler].version
+
+    def stage(self, i: int) -> dict[str, Any]:
+        """The keyword arguments of ``sample`` for cascade stage ``i``."""
+        return {"steps": self.steps[i], "resample": self.resample[i], "threshold": self.threshold,
+                "step": SAMPLERS[self.sampler].step}

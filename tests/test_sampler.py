@@ -1,5 +1,6 @@
 """The sampler: forward process, re-noising, inpainting, per-tile randomness."""
 
+import pytest
 import torch
 
 from lazyslide._imagen import imagen
@@ -86,3 +87,39 @@ def test_noise_is_per_tile_and_reproducible():
     c = sample(toy_model, shape, TileNoise([7]), **kw)
     assert torch.equal(a[0], b[1]) and torch.equal(a[0], c[0])
     assert not torch.equal(a[0], a[1])
+
+
+def test_inpainting_is_decided_per_sample():
+    """A sample without known pixels batched with inpainting ones draws exactly its own random
+    numbers: with a batch-invariant model its result equals the one it gets alone."""
+    shape = (3, 8, 8)
+    known = torch.rand(2, *shape) * 2 - 1
+    mask = torch.zeros(2, 1, 8, 8, dtype=torch.bool)
+    mask[1, ..., :3, :] = True  # sample 0 knows nothing, sample 1 a strip
+    kw = dict(log_snr=cosine_log_snr, steps=5, resample=3)
+    mixed = sample(toy_model, shape, TileNoise([3, 4]), known=known, mask=mask, **kw)
+    alone0 = sample(toy_model, shape, TileNoise([3]), known=known[:1], mask=mask[:1], **kw)
+    alone1 = sample(toy_model, shape, TileNoise([4]), known=known[1:], mask=mask[1:], **kw)
+    assert torch.equal(mixed[0], alone0[0]) and torch.equal(mixed[1], alone1[0])
+    nothing = sample(toy_model, shape, TileNoise([3]), **kw)  # no known pixels at all
+    assert torch.equal(alone0[0], nothing[0])
+
+
+def test_sampling_config_keeps_old_fingerprints():
+    from lazyslide import URCDM
+    from lazyslide.errors import ModelError
+    from lazyslide.sampler import SAMPLERS, SamplingConfig
+
+    model = URCDM.random("test", 0)
+    cfg = model.sampling
+    assert cfg.sampler == "ancestral" and cfg.inpainting == "repaint" and "ancestral" in SAMPLERS
+    # fields at their original values are not written, so configs (and fingerprints) of models
+    # made before they existed are unchanged
+    assert cfg.to_dict() == {"steps": [4, 2, 2], "resample": [2, 2, 2], "threshold": 0.95}
+    assert model.fingerprint == "cc6a429a00691de2"  # this preset's fingerprint before the split
+    assert SamplingConfig.from_dict(cfg.to_dict()) == cfg
+    for bad in ({"steps": [1, 1], "resample": [1, 1, 1]}, {"steps": [0], "resample": [1]},
+                {"steps": [1], "resample": [1], "sampler": "nope"}, {"steps": [1], "resample": [1],
+                                                                      "colour": 1}):
+        with pytest.raises(ModelError):
+            SamplingConfig.from_dict(bad)

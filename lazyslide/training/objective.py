@@ -1,6 +1,6 @@
 """The diffusion training loss: the mirror image of ``lazyslide.sampler``.
 
-Same continuous-time schedules, same network contract (``unet(x_t, log_snr, ...)``), the same
+Same continuous-time schedules, same network contract (``networks.Denoiser``), the same
 low-resolution noise augmentation as the generator applies at sampling (there at a fixed level,
 here at a random one) and imagen-pytorch's defaults: t ~ U[0, 1), one augmentation level per
 batch, min-SNR loss weighting with gamma 5. Every random number comes from the caller's
@@ -13,15 +13,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from ..networks import Denoiser
 from ..sampler import alpha_sigma, q_sample
 
 Schedule = Callable[[Tensor], Tensor]
 
 
 def diffusion_loss(
-    unet: nn.Module,
+    net: Denoiser,
     x0: Tensor,
     *,
     schedule: Schedule,
@@ -50,8 +51,7 @@ def diffusion_loss(
         aug_t = torch.rand(1, generator=generator).expand(b).to(device)
         lowres_ls = lowres_schedule(aug_t)
         lowres_noisy = q_sample(lowres, lowres_ls.view(-1, 1, 1, 1), randn(lowres.shape))
-    pred = unet(x_t, log_snr, lowres_cond_img=lowres_noisy, lowres_noise_times=lowres_ls,
-                cond_images=cond)
+    pred = net(x_t, log_snr, lowres=lowres_noisy, lowres_log_snr=lowres_ls, cond=cond)
     if objective == "v":
         target = a * noise - s * x0
     elif objective == "noise":

@@ -38,10 +38,11 @@ from safetensors.torch import load_file, save_file
 
 from ..conditioning import to_uint8
 from ..errors import LazySlideError
-from ..generator import x0_predictor
 from ..model import FORMAT as MODEL_FORMAT
-from ..model import build_unet, default_config
-from ..sampler import SCHEDULES, TileNoise, derive_seed, q_sample, sample
+from ..model import default_config
+from ..networks import build_unet, denoiser
+from ..sampler import TileNoise, derive_seed
+from ..stage import Stage
 from .dataset import PairDataset
 from .objective import diffusion_loss
 
@@ -126,12 +127,9 @@ class Trainer:
         self.ema = EMA(self.accelerator.unwrap_model(self.unet), beta=settings.ema_beta,
                        update_after_step=0, update_every=settings.ema_update_every)
         self.ema.to(self.accelerator.device)
-        diff = model_cfg["diffusion"]
-        self.objective = diff["objectives"][self.stage]
-        self.schedule = SCHEDULES[diff["schedules"][self.stage]]
-        self.lowres_schedule = SCHEDULES[diff["lowres_noise_schedule"]]
-        self.lowres_level = float(diff["lowres_noise_level"])
-        self.sampling = model_cfg["sampling"]
+        self.model_config = model_cfg
+        #: objective, schedules and sampling of this cascade stage (what the generator uses)
+        self.cascade_stage = Stage.from_config(model_cfg, self.stage)
         self.step = 0
         self._resume()
 
@@ -198,7 +196,7 @@ class Trainer:
 
     # -- training ------------------------------------------------------------------------------
     def train_step(self) -> float:
-        s = self.settings
+        s, st = self.settings, self.cascade_stage
         g = torch.Generator().manual_seed(
             derive_seed("train", s.seed, self.level, self.stage, self.step, self.accelerator.process_index))
         index = torch.randint(len(self.dataset), (s.batch_size,), generator=g)
@@ -209,9 +207,10 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed("train-global", s.seed, self.step))
             loss = diffusion_loss(
-                self.unet, b.x0.to(dev), schedule=self.schedule, objective=self.objective,
+                denoiser(self.model_config, self.unet), b.x0.to(dev), schedule=st.schedule,
+                objective=st.objective,
                 generator=g, lowres=None if b.lowres is None else b.lowres.to(dev),
-                lowres_schedule=self.lowres_schedule, cond=None if b.cond is None else b.cond.to(dev),
+                lowres_schedule=st.lowres_schedule, cond=None if b.cond is None else b.cond.to(dev),
                 min_snr_gamma=s.min_snr_gamma)
             self.accelerator.backward(loss)
         self.accelerator.clip_grad_norm_(self.unet.parameters(), s.max_grad_norm)
@@ -290,16 +289,12 @@ class Trainer:
         size, dev = g.cascade[self.stage], self.accelerator.device
         index = torch.linspace(0, len(self.dataset) - 1, n).round().long()
         b = self.dataset.stage_batch(index, self.stage, augment=False)
-        lowres = lowres_ls = None
         noise = TileNoise([derive_seed("train-sample", i) for i in range(n)], dev)
-        if b.lowres is not None:
-            lowres_ls = self.lowres_schedule(torch.full((n,), self.lowres_level)).to(dev)
-            lowres = q_sample(b.lowres.to(dev), lowres_ls.view(-1, 1, 1, 1), noise((3, size, size)))
         ema = self.ema.ema_model.eval()
-        predict = x0_predictor(ema, self.objective, cond=None if b.cond is None else b.cond.to(dev),
-                               lowres=lowres, lowres_log_snr=lowres_ls)
-        x = sample(predict, (3, size, size), noise, log_snr=self.schedule,
-                   steps=self.sampling["steps"][self.stage], threshold=self.sampling["threshold"])
+        x = self.cascade_stage.run(
+            denoiser(self.model_config, ema), noise, size,
+            lowres=None if b.lowres is None else b.lowres.to(dev),
+            cond=None if b.cond is None else b.cond.to(dev))
         columns = [c for c in (b.cond, b.lowres) if c is not None] + [x.cpu(), b.x0]
         grid = np.concatenate([np.concatenate(list(to_uint8(c)), axis=0) for c in columns], axis=1)
         from PIL import Image
