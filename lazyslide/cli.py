@@ -229,6 +229,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_materialize(args: argparse.Namespace) -> int:
     from .export import EXTENSIONS, check_export, export, tile_count
     from .materialize import materialize
+    from .methods import get_method
     from .seeds import parse_seeds
     from .slide import Slide
 
@@ -253,9 +254,9 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         if args.batch_size != 1:
             raise LazySlideError("--batch-size is for single-process runs: on Dask each tile is a "
                                  "task of its own")
-        if args.method != "urcdm":
-            raise LazySlideError("--method outpaint is sequential (raster order): run it without "
-                                 "--workers/--scheduler")
+        if not get_method(args.method).parallel:
+            raise LazySlideError(f"--method {args.method} is sequential (it makes its tiles one after "
+                                 "another): run it without --workers/--scheduler")
         if args.workers < 0:
             raise LazySlideError(f"--workers must be positive, got {args.workers}")
         from .distributed import start_cluster
@@ -276,7 +277,8 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         if client is not None:
             from .distributed import materialize_on
 
-            stats = materialize_on(client, args.model, slide, show_progress=not args.json)
+            stats = materialize_on(client, model.reference(args.device), slide,
+                                   show_progress=not args.json)
         else:
             stats = materialize(slide, batch_size=args.batch_size, show_progress=not args.json)
         bar = _Bar(f"writing {target.name}", enabled=not args.json)

@@ -18,49 +18,47 @@ import numpy as np
 from .errors import LazySlideError
 from .geometry import TileId
 from .materialize import LevelStats, Stats
+from .model import ModelRef
 from .slide import Slide
-from .store import MemoryStore, tile_key
+from .store import MemoryStore
 
 _MODELS: dict[str, object] = {}
 _LOCK = threading.Lock()
 
 
-def _worker_model(spec: str, fingerprint: str):
-    """The model for ``spec`` on this worker, loaded once (on its GPU if it has one)."""
+def _worker_model(ref: ModelRef):
+    """The model ``ref`` names, loaded once per worker (on the worker's GPU unless ``ref`` fixes
+    a device)."""
+    key = f"{ref.fingerprint}@{ref.device}"
     with _LOCK:
-        model = _MODELS.get(spec)
+        model = _MODELS.get(key)
         if model is None:
-            import torch
+            model = ref.load()
+            if ref.device is None:
+                import torch
 
-            from .model import URCDM
+                if torch.cuda.is_available():
+                    try:
+                        from distributed import get_worker
 
-            model = URCDM.from_spec(spec)
-            if torch.cuda.is_available():
-                try:
-                    from distributed import get_worker
-
-                    index = int(str(get_worker().name).rsplit("-", 1)[-1])
-                except (ValueError, ImportError):
-                    index = 0
-                model.to(f"cuda:{index % torch.cuda.device_count()}")
-            _MODELS[spec] = model
-    if model.fingerprint != fingerprint:
-        raise LazySlideError(f"model {spec!r} on worker has fingerprint {model.fingerprint}, "
-                             f"the client has {fingerprint}: different files?")
+                        index = int(str(get_worker().name).rsplit("-", 1)[-1])
+                    except (ValueError, ImportError):
+                        index = 0
+                    model.to(f"cuda:{index % torch.cuda.device_count()}")
+            _MODELS[key] = model
     return model
 
 
-def make_tile_task(spec: str, fingerprint: str, seed: int, tile: TileId, deps: list[TileId],
+def make_tile_task(ref: ModelRef, method: str, seed: int, tile: TileId, deps: list[TileId],
                    *pixels: np.ndarray) -> tuple[TileId, str, np.ndarray]:
     """Run on a worker: make ``tile`` from its dependencies' pixels."""
-    model = _worker_model(spec, fingerprint)
+    slide = Slide(_worker_model(ref), seed, MemoryStore(), make_level0=False, method=method)
     # a dependency is a stored tile (array) or another task's result (tile, kind, pixels)
-    arrays = [p[2] if isinstance(p, tuple) else p for p in pixels]
-    store = MemoryStore({tile_key(fingerprint, seed, TileId(*d)): p
-                         for d, p in zip(deps, arrays, strict=True)})
-    slide = Slide(model, seed, store, make_level0=False)
-    kind = slide._make(TileId(*tile))
-    return tile, kind or "generated", store.get(tile_key(fingerprint, seed, TileId(*tile)))
+    for d, p in zip(deps, pixels, strict=True):
+        slide.store.put(slide.key(TileId(*d)), p[2] if isinstance(p, tuple) else p)
+    tile = TileId(*tile)
+    kind = slide.make(tile)
+    return tile, kind or "generated", slide.store.get(slide.key(tile))
 
 
 def start_cluster(workers: int):
@@ -76,15 +74,21 @@ def start_cluster(workers: int):
     return Client(cluster)
 
 
-def materialize_on(client, spec: str, slide: Slide, *, show_progress: bool = True) -> Stats:
-    """Generate every missing tile of ``slide`` on the cluster behind ``client``."""
+def materialize_on(client, ref: ModelRef, slide: Slide, *, show_progress: bool = True) -> Stats:
+    """Generate every missing tile of ``slide`` on the cluster behind ``client``; ``ref`` is
+    ``slide.model.reference(...)`` (workers rebuild the model from it)."""
     from distributed import as_completed
     from tqdm import tqdm
 
+    if not slide.method.parallel:
+        raise LazySlideError(f"the {slide.method} method is sequential (it makes its tiles one after "
+                             "another): run it without Dask")
+    if ref.fingerprint != slide.model.fingerprint:
+        raise LazySlideError("the model reference does not name the slide's model")
     g, plan, store = slide.geometry, slide.plan, slide.store
-    fp, seed = slide.model.fingerprint, slide.seed
-    missing = slide.missing([t for lv in range(g.levels) for t in g.tiles(lv)])
-    stats = Stats([LevelStats(lv, len(g.tiles(lv))) for lv in range(g.levels)])
+    seed = slide.seed
+    missing = slide.missing([t for lv in slide.levels for t in g.tiles(lv)])
+    stats = Stats([LevelStats(lv, len(g.tiles(lv))) for lv in slide.levels])
     for st in stats.levels:
         st.stored_before = st.tiles - sum(1 for t in missing if t.level == st.level)
     futures, scattered = {}, {}
@@ -96,24 +100,25 @@ def materialize_on(client, spec: str, slide: Slide, *, show_progress: bool = Tru
                 args.append(futures[d])
             else:
                 if d not in scattered:
-                    scattered[d] = client.scatter(np.asarray(store.get(tile_key(fp, seed, d))))
+                    scattered[d] = client.scatter(np.asarray(store.get(slide.key(d))))
                 args.append(scattered[d])
-        futures[t] = client.submit(make_tile_task, spec, fp, seed, tuple(t), deps, *args,
-                                   key=f"lazyslide-{fp}-{seed}-{t.level}-{t.col}-{t.row}", pure=False)
+        futures[t] = client.submit(make_tile_task, ref, slide.method.name, seed, tuple(t), deps, *args,
+                                   key=f"lazyslide-{slide.key(t).replace('/', '-')}", pure=False)
     bars = [tqdm(total=st.tiles, initial=st.stored_before, desc=f"level {st.level}", unit="tile",
                  file=sys.stderr, disable=not show_progress, dynamic_ncols=True, position=st.level)
             for st in stats.levels]
     for fut in as_completed(list(futures.values())):
         tile, kind, pixels = fut.result()
         tile = TileId(*tile)
-        store.put(tile_key(fp, seed, tile), pixels)
-        st = stats.levels[tile.level]
+        store.put(slide.key(tile), pixels)
+        st = stats.levels[slide.levels.index(tile.level)]
         if kind == "generated":
             st.generated += 1
         else:
             st.background += 1
-        bars[tile.level].update()
-        bars[tile.level].set_postfix(generated=st.generated, background=st.background)
+        bar = bars[slide.levels.index(tile.level)]
+        bar.update()
+        bar.set_postfix(generated=st.generated, background=st.background)
         del futures[tile]  # the scheduler keeps it as long as a dependent task needs it
     for bar in bars:
         bar.close()

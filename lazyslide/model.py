@@ -15,6 +15,7 @@ import copy
 import hashlib
 import json
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +235,16 @@ class URCDM:
         """``with_sampling(steps=steps)``: other step counts per cascade stage."""
         return self.with_sampling(steps=list(steps))
 
+    def reference(self, device: str | None = None) -> ModelRef:
+        """What another process (a Dask worker) needs to rebuild exactly this model."""
+        folder = None
+        if self._init_seed is None:
+            if not Path(self.source).is_dir():
+                raise ModelError(f"model {self.source!r} has no folder another process could load")
+            folder = str(Path(self.source).resolve())
+        return ModelRef(copy.deepcopy(self.config), folder, self._init_seed, device,
+                        self.fingerprint, self.source)
+
     # -- access ---------------------------------------------------------------------------------
     @property
     def geometry(self) -> Geometry:
@@ -335,3 +346,29 @@ class URCDM:
         else:
             raise ModelError(f"no weights for level {level} unet {stage + 1}")
         self._unets[(level, stage)] = unet.eval().requires_grad_(False).to(self.device)
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A picklable reference to a model: its full config (every override included), where its
+    weights are (a folder, or the seed of random-init weights), the device policy and the
+    fingerprint the rebuilt model must have. No weights travel."""
+
+    config: dict[str, Any]
+    folder: str | None
+    init_seed: int | None
+    #: a torch device, or None: the loading process chooses (its GPU if it has one)
+    device: str | None
+    fingerprint: str
+    source: str
+
+    def load(self) -> URCDM:
+        if self.folder is None:
+            model = URCDM(copy.deepcopy(self.config), init_seed=self.init_seed, source=self.source)
+        else:
+            model = URCDM.load(self.folder).with_sampling(**self.config["sampling"])
+            model.source = self.source
+        if model.fingerprint != self.fingerprint:
+            raise ModelError(f"model {self.source!r} rebuilt here has fingerprint {model.fingerprint}, "
+                             f"expected {self.fingerprint}: are the files the same?")
+        return model.to(self.device) if self.device else model

@@ -6,9 +6,9 @@ it inpaints and the parent tiles that compose its conditioning window. A tile's 
 pure function of (model, seed, level, col, row): its random numbers are seeded from that
 address and its inputs are read back from the store.
 
-``method="outpaint"`` is the paper's baseline instead: only the deepest level, filled in raster
-order by level 0's unconditional cascade, each tile inpainting what its earlier neighbours
-fixed (stored under its own key, never mixed with URCDM tiles).
+``method`` (``methods.METHODS``) decides which levels exist, the order, the unets and the store
+key: "urcdm" by default, or "outpaint", the paper's baseline (only the deepest level, filled in
+raster order by level 0's unconditional cascade, stored under its own key).
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from .background import has_tissue
 from .errors import LazySlideError
 from .generator import TileJob, generate
 from .geometry import BACKGROUND_FILL, Box, TileId
+from .methods import Method, get_method
 from .model import URCDM
-from .plan import OutpaintPlan, ParityPlan, Plan
+from .plan import Plan
 from .seeds import check_seed
-from .store import TileStore, tile_key
+from .store import TileStore
 
 #: Largest region ``read_region`` composes at once (pixels), to fail early instead of swapping.
 MAX_REGION_PIXELS = 1 << 28
@@ -35,9 +36,6 @@ MAX_REGION_PIXELS = 1 << 28
 #: ``progress(tile, kind)`` with kind "generated" or "background", after each tile is stored.
 Progress = Callable[[TileId, str], None]
 
-#: Generation methods: the cascade of levels (URCDM), or the paper's baseline of raster
-#: outpainting at the deepest level with level 0's unconditional cascade.
-METHODS = ("urcdm", "outpaint")
 
 
 class Slide:
@@ -45,24 +43,17 @@ class Slide:
 
     def __init__(self, model: URCDM, seed: int = 0, store: TileStore | None = None, *,
                  plan: Plan | None = None, progress: Progress | None = None,
-                 make_level0: bool = True, method: str = "urcdm") -> None:
+                 make_level0: bool = True, method: str | Method = "urcdm") -> None:
         check_seed(seed)
-        if method not in METHODS:
-            raise LazySlideError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
         self.model = model
         self.seed = seed
-        self.method = method
+        self.method = get_method(method)
         self.store = store if store is not None else TileStore()
         self.geometry = model.geometry
-        deepest = self.geometry.levels - 1
-        if method == "outpaint":
-            self.plan: Plan = OutpaintPlan()
-            #: the levels this slide makes (outpainting has only the full-resolution canvas)
-            self.levels = [deepest]
-            make_level0 = False
-        else:
-            self.plan = plan if plan is not None else ParityPlan()
-            self.levels = list(range(self.geometry.levels))
+        self.plan: Plan = plan if plan is not None else self.method.plan
+        #: the levels this slide makes (outpainting has only the full-resolution canvas)
+        self.levels = self.method.levels(self.geometry)
+        make_level0 = make_level0 and 0 in self.levels
         #: tiles this object generated (diffusion) and filled as background, per level
         self.generated: Counter[int] = Counter()
         self.background: Counter[int] = Counter()
@@ -100,7 +91,7 @@ class Slide:
         stack = list(tiles)
         while stack:
             t = stack.pop()
-            if t in need or self._key(t) in self.store:
+            if t in need or self.key(t) in self.store:
                 continue
             need.add(t)
             stack.extend(self.plan.dependencies(self.geometry, t))
@@ -109,17 +100,21 @@ class Slide:
     def ensure(self, tiles: Iterable[TileId], *, progress: Progress | None = None) -> None:
         """Make every missing tile needed for ``tiles`` (safe to call from many threads)."""
         for t in self.missing(tiles):
-            kind = self._make(t)
+            kind = self.make(t)
             if progress is not None and kind:
                 progress(t, kind)
 
     def is_stored(self, level: int, col: int, row: int) -> bool:
-        return self._key(TileId(level, col, row)) in self.store
+        return self.key(TileId(level, col, row)) in self.store
+
+    def key(self, tile: TileId) -> str:
+        """The tile's store key (model fingerprint, method, seed, address)."""
+        return self.method.key(self.model.fingerprint, self.seed, tile)
 
     def wait_for(self, tile: TileId) -> bool:
         """Wait while another process makes ``tile`` (True once stored; False if its claim
         lapsed unmade, so it is free to make)."""
-        return self.store.wait_for(self._key(tile))
+        return self.store.wait_for(self.key(tile))
 
     def make_batch(self, tiles: list[TileId], *, progress: Progress | None = None) -> list[str]:
         """Make independent tiles of one level (dependencies stored) with one model call.
@@ -133,7 +128,7 @@ class Slide:
         mine = []
         try:
             for t in tiles:
-                key = self._key(t)
+                key = self.key(t)
                 if key not in self.store and self.store.claim(key):
                     if key in self.store:  # stored between the check and the claim
                         self.store.release(key)
@@ -142,16 +137,17 @@ class Slide:
             return self._produce(mine, progress) if mine else []
         finally:
             for t in mine:
-                self.store.release(self._key(t))
+                self.store.release(self.key(t))
 
     # -- making one tile -------------------------------------------------------------------------
-    def _make(self, tile: TileId) -> str | None:
-        """Make and store ``tile`` unless it exists; its dependencies must exist.
+    def make(self, tile: TileId) -> str | None:
+        """Make and store ``tile`` unless it exists; its dependencies must be stored. Returns
+        "generated" or "background", or None if it was stored already (or meanwhile).
 
         One thread of this process (a lock per tile) and one process of all those sharing the
         store (a claim in the store) makes it; the others wait and read it back.
         """
-        key = self._key(tile)
+        key = self.key(tile)
         try:
             with self._lock_for(tile):
                 while key not in self.store:
@@ -179,12 +175,12 @@ class Slide:
         if diffuse:
             with self._model_lock:
                 made = iter(generate(self.model, diffuse,
-                                     unet_level=0 if self.method == "outpaint" else None))
+                                     unet_level=self.method.unet_level))
         kinds = []
         for job, bg in zip(jobs, background, strict=True):
             pixels = self._background_tile(job) if bg else next(made)
             kind = "background" if bg else "generated"
-            self.store.put(self._key(job.tile), pixels)
+            self.store.put(self.key(job.tile), pixels)
             (self.background if bg else self.generated)[job.tile.level] += 1
             kinds.append(kind)
             if progress is not None:
@@ -202,7 +198,7 @@ class Slide:
             known[y0:y1, x0:x1] = self._stored(n)[y0 - dy:y1 - dy, x0 - dx:x1 - dx]
             mask[y0:y1, x0:x1] = True
         window = None
-        if tile.level > 0 and self.method == "urcdm":
+        if tile.level > 0 and self.method.conditioned:
             window = self._compose(tile.level - 1, self.geometry.parent_window(*tile))
         return TileJob(tile, self.seed, known, mask, window)
 
@@ -229,14 +225,8 @@ class Slide:
             raise LazySlideError(f"the {self.method} method makes only level(s) "
                                  f"{', '.join(map(str, self.levels))}, not level {level}")
 
-    def _key(self, tile: TileId) -> str:
-        fingerprint = self.model.fingerprint
-        if self.method != "urcdm":
-            fingerprint += f"/{self.method}"
-        return tile_key(fingerprint, self.seed, tile)
-
     def _stored(self, tile: TileId) -> np.ndarray:
-        pixels = self.store.get(self._key(tile))
+        pixels = self.store.get(self.key(tile))
         if pixels is None:
             raise LazySlideError(f"tile {tuple(tile)} is not in the store (was it deleted?)")
         return pixels

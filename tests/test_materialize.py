@@ -180,3 +180,24 @@ def test_two_dask_workers_give_the_same_file(small_model, tmp_path):
     report = json.loads(two.stdout)
     assert sum(lv["generated"] + lv["background"] for lv in report["levels"].values()) == 59
     assert (tmp_path / "one.tiff").read_bytes() == (tmp_path / "two.tiff").read_bytes()
+
+
+def test_dask_workers_rebuild_the_overridden_model(small_model, tmp_path):
+    """Workers get the model's reference (config with every override, device policy), not the
+    bare --model string: --sampling-steps on Dask gives the bytes of one process."""
+    folder = tmp_path / "model"
+    small_model.save(folder)
+    base = ["materialize", "--model", str(folder), "--seed", "4", "--format", "tiff",
+            "--compression", "deflate", "--tiff-tile", "64", "--json", "--sampling-steps", "1,1,1",
+            "--device", "cpu"]
+    one = run_cli(*base, "-o", str(tmp_path / "one.tiff"), "--cache", str(tmp_path / "c1"))
+    assert one.returncode == 0, one.stderr
+    two = run_cli(*base, "-o", str(tmp_path / "two.tiff"), "--cache", str(tmp_path / "c2"),
+                  "--workers", "2")
+    assert two.returncode == 0, two.stderr
+    assert json.loads(two.stdout)["model"] == json.loads(one.stdout)["model"] != small_model.fingerprint
+    assert (tmp_path / "one.tiff").read_bytes() == (tmp_path / "two.tiff").read_bytes()
+    out = run_cli(*base, "--method", "outpaint", "-o", str(tmp_path / "o.tiff"), "--cache",
+                  str(tmp_path / "c3"), "--workers", "2")
+    assert out.returncode == 2 and "one after another" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "c3").exists() or len(TileStore(tmp_path / "c3")) == 0

@@ -105,7 +105,7 @@ def level_patches(slides: Sequence[Slide], level: int, block: int, *, tissue_onl
         if level == 0:
             tiles = [TileId(0, 0, 0)]
         else:
-            if slide.method == "urcdm":
+            if 0 in slide.levels:  # centre on the tissue the overview shows
                 cx, cy = _tissue_centre(slide.tile(0, 0, 0))
                 f = g.canvases[level] / g.canvases[0] / g.stride
                 centre = (int(cx * f), int(cy * f))
