@@ -36,6 +36,18 @@ class DeepZoom:
         get_dzi omits it, and readers such as large_image's deepzoom source refuse it then)."""
         return XML_DECLARATION + self.dz.get_dzi("jpeg")
 
+    @property
+    def level_count(self) -> int:
+        return self.dz.level_count
+
+    @property
+    def tile_count(self) -> int:
+        return self.dz.tile_count
+
+    def level_tiles(self, level: int) -> tuple[int, int]:
+        """(columns, rows) of Deep Zoom tiles at ``level``."""
+        return self.dz.level_tiles[level]
+
     def valid(self, level: int, col: int, row: int) -> bool:
         if not 0 <= level < self.dz.level_count:
             return False
@@ -44,14 +56,14 @@ class DeepZoom:
 
     def magnification_level(self, level: int) -> int:
         """The URCDM level a Deep Zoom level is rendered from."""
-        (_, slide_level, _), _ = self.dz._get_tile_info(level, (0, 0))
+        _, slide_level, _ = self.dz.get_tile_coordinates(level, (0, 0))
         return self.view.level_count - 1 - slide_level
 
     def needed_tiles(self, level: int, col: int, row: int) -> list[TileId]:
         """Magnification tiles the Deep Zoom tile reads (those not stored must be made first)."""
-        # _get_tile_info is DeepZoomGenerator's own region computation (openslide-python
-        # 1.4.x, pinned); reusing it keeps what we generate equal to what get_tile reads.
-        (l0_location, slide_level, l_size), _ = self.dz._get_tile_info(level, (col, row))
+        # DeepZoomGenerator's own region computation (what get_tile reads), so what we
+        # generate is exactly what rendering needs.
+        l0_location, slide_level, l_size = self.dz.get_tile_coordinates(level, (col, row))
         ds = self.view.level_downsamples[slide_level]
         x, y = round(l0_location[0] / ds), round(l0_location[1] / ds)
         urcdm_level = self.view.level_count - 1 - slide_level

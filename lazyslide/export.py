@@ -27,6 +27,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +38,6 @@ from .errors import LazySlideError
 from .geometry import BACKGROUND_FILL
 from .slide import Slide
 
-FORMATS = ("tiff", "svs", "ome-tiff", "dzi")
-EXTENSIONS = {"tiff": ".tiff", "svs": ".svs", "ome-tiff": ".ome.tiff", "dzi": ".dzi"}
 COMPRESSIONS = ("jpeg", "deflate")
 
 
@@ -67,8 +66,8 @@ def check_export(out: Path, fmt: str, *, compression: str = "jpeg", quality: int
                  tile: int = 256, overwrite: bool = False) -> Path:
     """Validate an export before its slide is generated (minutes to hours): every option, the
     name, and that the output can be written. Returns ``out`` as a Path."""
-    if fmt not in FORMATS:
-        raise ExportError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if fmt not in EXPORTERS:
+        raise ExportError(f"unknown format {fmt!r}; choose from {', '.join(EXPORTERS)}")
     if compression not in COMPRESSIONS:
         raise ExportError(f"unknown compression {compression!r}; choose jpeg or deflate")
     if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
@@ -77,9 +76,13 @@ def check_export(out: Path, fmt: str, *, compression: str = "jpeg", quality: int
             or tile > MAX_TIFF_TILE):
         raise ExportError(f"--tiff-tile must be a multiple of 16 in 16..{MAX_TIFF_TILE}, got {tile!r}")
     out = Path(out)
-    if (fmt == "dzi") != (out.suffix.lower() == ".dzi"):
-        want = "NAME.dzi" if fmt == "dzi" else f"NAME{EXTENSIONS[fmt]} (not .dzi)"
-        raise ExportError(f"a {fmt} export must be named {want}, got {out.name}")
+    exporter, name = EXPORTERS[fmt], out.name.lower()
+    if exporter.strict_extension and not name.endswith(exporter.extension):
+        raise ExportError(f"a {fmt} export must be named NAME{exporter.extension}, got {out.name}")
+    for other, e in EXPORTERS.items():
+        if other != fmt and e.strict_extension and name.endswith(e.extension):
+            raise ExportError(f"a {fmt} export must be named NAME{exporter.extension} (not "
+                              f"{e.extension}, which is the {other} format's), got {out.name}")
     if not out.parent.is_dir():
         raise ExportError(f"output folder {out.parent} does not exist")
     taken = [p for p in (out, _dzi_files(out) if fmt == "dzi" else None) if p is not None and p.exists()]
@@ -258,9 +261,9 @@ def write_dzi(slide: Slide, path: Path, *, quality: int = 90,
     partial, descriptor = _temporary(files, "partial"), _temporary(path, "partial")
     try:
         _remove(partial)
-        for level in range(dz.dz.level_count):
+        for level in range(dz.level_count):
             (partial / str(level)).mkdir(parents=True)
-            cols, rows = dz.dz.level_tiles[level]
+            cols, rows = dz.level_tiles(level)
             for row in range(rows):
                 for col in range(cols):
                     (partial / str(level) / f"{col}_{row}.jpeg").write_bytes(
@@ -277,14 +280,74 @@ def write_dzi(slide: Slide, path: Path, *, quality: int = 90,
         _remove(descriptor)
 
 
+def _tiff_count(slide: Slide, tile: int) -> int:
+    pyr = Pyramid(slide, tile, Path())
+    return sum(pyr.grid(k) ** 2 for k in range(len(pyr.sizes)))
+
+
+def _tiff_layout(layout: str) -> Writer:
+    """A writer of one TIFF layout: the file under its temporary name, renamed when complete."""
+
+    def write(slide: Slide, out: Path, *, compression: str, quality: int, tile: int,
+              progress: Callable[[], None] | None) -> None:
+        tmp = _temporary(out, "partial")
+        try:
+            write_tiff(slide, tmp, layout=layout, compression=compression, quality=quality,
+                       tile=tile, progress=progress, scratch=_temporary(out, "scratch"))
+            tmp.replace(out)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    return write
+
+
+def _write_dzi(slide: Slide, out: Path, *, compression: str, quality: int, tile: int,
+               progress: Callable[[], None] | None) -> None:
+    write_dzi(slide, out, quality=quality, progress=progress)  # JPEG tiles; no TIFF options
+
+
+#: ``(slide, out, *, compression, quality, tile, progress)``: writes ``out`` atomically.
+Writer = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class Exporter:
+    """One export format: its writer, the file name it takes, and what reads it."""
+
+    write: Writer
+    extension: str
+    layout: str
+    readers: str
+    #: output tiles for ``(slide, tiff_tile)`` (progress bars)
+    count: Callable[[Slide, int], int]
+    #: the name must end in ``extension`` (and no other format may take that extension)
+    strict_extension: bool = False
+
+
+#: The export formats, by their ``--format`` name. The README's format table follows it.
+EXPORTERS: dict[str, Exporter] = {
+    "tiff": Exporter(_tiff_layout("tiff"), ".tiff",
+                     "tiled BigTIFF, reduced pages (NewSubfileType 1), resolution tags in cm",
+                     "openslide (generic-tiff), tiffslide, tiatoolbox, pyvips: all levels",
+                     _tiff_count),
+    "svs": Exporter(_tiff_layout("svs"), ".svs",
+                    "Aperio: ImageDescription with AppMag and MPP, thumbnail page after level 0",
+                    "the same, and openslide reports objective power and a thumbnail",
+                    _tiff_count),
+    "ome-tiff": Exporter(_tiff_layout("ome-tiff"), ".ome.tiff", "OME-XML, pyramid in SubIFDs",
+                         "tiffslide, tiatoolbox (and QuPath/Bio-Formats): all levels; openslide: "
+                         "level 0 only", _tiff_count),
+    "dzi": Exporter(_write_dzi, ".dzi", "`NAME.dzi` + `NAME_files/`, byte-identical to the "
+                    "server's Deep Zoom endpoint", "any Deep Zoom viewer; large_image's deepzoom "
+                    "source", lambda slide, tile: DeepZoom(slide).tile_count, strict_extension=True),
+}
+FORMATS = tuple(EXPORTERS)
+EXTENSIONS = {name: e.extension for name, e in EXPORTERS.items()}
+
+
 def tile_count(slide: Slide, fmt: str, tile: int = 256) -> int:
     """How many output tiles an export writes (for progress bars)."""
-    if fmt == "dzi":
-        dz = DeepZoom(slide).dz
-        return dz.tile_count
-    with tempfile.TemporaryDirectory() as d:
-        pyr = Pyramid(slide, tile, Path(d))
-        return sum(pyr.grid(k) ** 2 for k in range(len(pyr.sizes)))
+    return EXPORTERS[fmt].count(slide, tile)
 
 
 def export(slide: Slide, out: Path, fmt: str, *, compression: str = "jpeg", quality: int = 90,
@@ -293,16 +356,8 @@ def export(slide: Slide, out: Path, fmt: str, *, compression: str = "jpeg", qual
     out = check_export(out, fmt, compression=compression, quality=quality, tile=tile,
                        overwrite=overwrite)
     try:
-        if fmt == "dzi":
-            write_dzi(slide, out, quality=quality, progress=progress)
-            return out
-        tmp = _temporary(out, "partial")
-        try:
-            write_tiff(slide, tmp, layout=fmt, compression=compression, quality=quality, tile=tile,
-                       progress=progress, scratch=_temporary(out, "scratch"))
-            tmp.replace(out)
-        finally:
-            tmp.unlink(missing_ok=True)
+        EXPORTERS[fmt].write(slide, out, compression=compression, quality=quality, tile=tile,
+                             progress=progress)
         return out
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):

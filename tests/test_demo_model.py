@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from lazyslide import URCDM, Slide
-from lazyslide.cli import _default_spec
+from lazyslide.cli.common import default_spec as _default_spec
 from lazyslide.model import DEMO_MODEL_DIR
 from lazyslide.store import MemoryStore
 

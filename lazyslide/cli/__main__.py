@@ -1,0 +1,7 @@
+"""``python -m lazyslide.cli``."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,120 @@
+"""What the command groups share: loading a model with the command line's overrides, the tile
+store, progress bars, and argument types."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import LazySlideError
+
+MODEL_HELP = "model folder, 'demo', or random:PRESET[:INIT_SEED] (PRESET: paper, demo, test)"
+STEPS_HELP = ("sampling steps per cascade stage, e.g. 16,8,8 (default: the model's); fewer is "
+              "faster and coarser, and makes other tiles (another fingerprint)")
+
+
+def add_sampling_options(parser: argparse.ArgumentParser) -> None:
+    """--sampler and --sampling-steps: the same weights sampled otherwise (another fingerprint)."""
+    from ..sampler import SAMPLERS
+
+    parser.add_argument("--sampler", choices=list(SAMPLERS),
+                        help="sampler family (default: the model's)")
+    parser.add_argument("--sampling-steps", help=STEPS_HELP)
+
+
+def add_method_option(parser: argparse.ArgumentParser) -> None:
+    from ..methods import METHODS
+
+    parser.add_argument("--method", choices=list(METHODS), default="urcdm",
+                        help="; ".join(f"{k}: {m.description}" for k, m in METHODS.items()))
+
+
+def load_model(spec: str, device: str | None = None, sampling_steps: str | None = None,
+               sampler: str | None = None):
+    """The model of ``spec`` on ``device``, with the command line's sampling overrides."""
+    import torch
+
+    from ..model import URCDM
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as e:
+        raise LazySlideError(f"device {device!r} is not usable here: {str(e).splitlines()[0]}") from None
+    model = URCDM.from_spec(spec).to(device)
+    overrides: dict = {}
+    if sampling_steps:
+        steps = ints(sampling_steps, "--sampling-steps")
+        if len(steps) != len(model.sampling.steps):
+            raise LazySlideError(f"--sampling-steps needs {len(model.sampling.steps)} "
+                                 f"integers (one per cascade stage), got {sampling_steps!r}")
+        overrides["steps"] = steps
+    if sampler:
+        overrides["sampler"] = sampler
+    return model.with_sampling(**overrides) if overrides else model
+
+
+def seed_arg(text: str) -> int:
+    """argparse type of --seed: ASCII digits in the one seed range (lazyslide.seeds)."""
+    from ..seeds import check_seed, parse_seeds
+
+    try:
+        (seed,) = parse_seeds(text)
+        return check_seed(seed)
+    except (LazySlideError, ValueError):
+        from ..seeds import MAX_SEED
+
+        raise argparse.ArgumentTypeError(f"must be one integer in 0..{MAX_SEED}, got {text!r}") from None
+
+
+def open_store(cache: str | None):
+    from ..store import TileStore
+
+    return TileStore(cache)
+
+
+class Bar:
+    """A tqdm bar on stderr for tiles being made (silent when nothing is missing)."""
+
+    def __init__(self, desc: str, enabled: bool = True) -> None:
+        self.desc, self.enabled, self.bar = desc, enabled, None
+
+    def start(self, total: int) -> None:
+        if self.enabled and total:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=self.desc, unit="tile", file=sys.stderr)
+
+    def step(self) -> None:
+        if self.bar is not None:
+            self.bar.update()
+
+    def __call__(self, tile, kind: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"level {tile.level} ({tile.col},{tile.row}) {kind}")
+            self.bar.update()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def default_spec() -> str:
+    """The bundled demo model where it exists, else random weights of the demo preset."""
+    from ..model import DEMO_MODEL_DIR
+
+    if (DEMO_MODEL_DIR / "config.json").is_file():
+        return "demo"
+    print("lazyslide: no trained demo model is bundled yet: using random:demo (random weights: "
+          "noise, not tissue). Train one (see README) and pass --model FOLDER.", file=sys.stderr)
+    return "random:demo"
+
+
+def ints(text: str, name: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise LazySlideError(f"{name} must be integers separated by commas, got {text!r}") from None
+
