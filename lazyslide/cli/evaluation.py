@@ -79,11 +79,11 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     from ..seeds import parse_seeds
     from ..server.study import Study
-    from ..training.prepare import DatasetError, SlideReader
+    from ..wsi import SlideReader, SlideReadError
 
     try:
         readers = [SlideReader(Path(p), args.slide_mpp) for p in args.real]
-    except DatasetError as e:
+    except SlideReadError as e:
         raise LazySlideError(f"real slide: {e}") from None
     model = load_model(args.model, args.device)
     levels = [args.level] if args.level is not None else list(range(model.geometry.levels))

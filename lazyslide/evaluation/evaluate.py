@@ -22,7 +22,7 @@ from ..errors import LazySlideError
 from ..model import URCDM
 from ..slide import Slide
 from ..store import MemoryStore, TileStore
-from ..training.prepare import DatasetError, SlideReader, TissueRule
+from ..wsi import SlideReader, SlideReadError, TissueRule
 from .features import FeatureExtractor, InceptionFeatures
 from .fid import fid
 from .precision_recall import precision_recall
@@ -60,7 +60,7 @@ def evaluate(
     for path in real:
         try:
             readers.append(SlideReader(Path(path), slide_mpp))
-        except DatasetError as e:
+        except SlideReadError as e:
             raise LazySlideError(f"real slide: {e}") from None
     if not readers:
         raise LazySlideError("give at least one real slide (--real)")

@@ -18,7 +18,7 @@ from PIL import Image
 
 from ..geometry import TileId
 from ..slide import Slide
-from ..training.prepare import SlideReader, TissueRule
+from ..wsi import SlideReader, TissueRule, to_hsv
 
 Progress = Callable[[int], None]
 
@@ -84,7 +84,7 @@ def real_crops(readers: Sequence[SlideReader], crops: Sequence[Crop], size: int)
 
 # -- generated slides ----------------------------------------------------------------------------
 def _tissue_centre(overview: np.ndarray) -> tuple[float, float]:
-    sat = np.asarray(Image.fromarray(overview).convert("HSV"), np.float32)[..., 1] / 255
+    sat = to_hsv(overview)[..., 1]
     ys, xs = np.nonzero(sat > 0.1)
     if not len(xs):
         return overview.shape[1] / 2, overview.shape[0] / 2

@@ -26,7 +26,7 @@ from ..errors import LazySlideError
 from ..model import URCDM
 from ..slide import Slide
 from ..store import MemoryStore, TileStore
-from ..training.prepare import SlideReader
+from ..wsi import SlideReader
 from .samples import level_patches, real_patches
 
 SIDES = ("left", "right")

@@ -22,81 +22,24 @@ interrupted run keeps every finished slide and a rerun carries on with the other
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from ..errors import LazySlideError
-from ..geometry import BACKGROUND_FILL, Geometry
+from ..geometry import Geometry
+from ..wsi import OtsuMask, SlideReader, SlideReadError, TissueRule
 
 FORMAT = "lazyslide-dataset/1"
 
 
 class DatasetError(LazySlideError):
     """A dataset that cannot be written or used as asked."""
-
-
-@dataclass(frozen=True)
-class TissueRule:
-    """The paper's training test (HSV in [0, 1]): tissue = h > 0.5, s > 0.1, v < 0.9.
-
-    A target is kept when at least ``min_fraction`` of its pixels are tissue.
-    """
-
-    hue_min: float = 0.5
-    sat_min: float = 0.1
-    val_max: float = 0.9
-    min_fraction: float = 0.05
-
-    def __post_init__(self) -> None:
-        for name in ("hue_min", "sat_min", "val_max", "min_fraction"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
-                flag = " (--min-tissue)" if name == "min_fraction" else ""
-                raise DatasetError(f"tissue {name}{flag} is a fraction in [0, 1], got {v!r}")
-
-    def fraction(self, rgb: np.ndarray) -> float:
-        hsv = np.asarray(Image.fromarray(rgb).convert("HSV"), dtype=np.float32) / 255.0
-        tissue = (hsv[..., 0] > self.hue_min) & (hsv[..., 1] > self.sat_min) & (hsv[..., 2] < self.val_max)
-        return float(tissue.mean())
-
-    def keeps(self, rgb: np.ndarray) -> bool:
-        return self.fraction(rgb) >= self.min_fraction
-
-
-class OtsuMask:
-    """Slide-level tissue mask: Otsu's threshold on a greyscale thumbnail, as tiatoolbox's
-    ``OtsuTissueMasker`` computes it (which cannot be imported without umap, timm, ...).
-
-    ``fraction(box)`` is the tissue share of a box given in baseline pixels.
-    """
-
-    def __init__(self, reader: SlideReader, max_side: int = 2048) -> None:
-        from skimage.filters import threshold_otsu
-
-        self.mpp = reader.mpp * max(1.0, max(reader.size) / max_side)
-        n = [max(1, round(v * reader.mpp / self.mpp)) for v in reader.size]
-        thumb = reader.wsi.read_rect((0, 0), tuple(n), resolution=self.mpp, units="mpp",
-                                     pad_constant_values=BACKGROUND_FILL)[..., :3]
-        grey = np.asarray(Image.fromarray(np.ascontiguousarray(thumb, np.uint8)).convert("L"))
-        self.mask = grey < threshold_otsu(grey) if grey.min() < grey.max() else np.zeros_like(grey, bool)
-        self.to_thumb = reader.mpp / self.mpp
-
-    def fraction(self, x: int, y: int, size: int) -> float:
-        f = self.to_thumb
-        h, w = self.mask.shape
-        x0, y0 = max(0, int(x * f)), max(0, int(y * f))
-        x1, y1 = min(w, int(np.ceil((x + size) * f))), min(h, int(np.ceil((y + size) * f)))
-        if x1 <= x0 or y1 <= y0:
-            return 0.0
-        return float(self.mask[y0:y1, x0:x1].sum()) / max(1.0, (size * f) ** 2)
 
 
 def axis_origins(extent: float, tile: int, stride: int) -> list[int]:
@@ -120,60 +63,6 @@ def window_origin(geometry: Geometry, level: int, x: float, y: float) -> tuple[f
     s = float(geometry.scale(level))
     half = geometry.tile / 2
     return (x + half) / s - half, (y + half) / s - half
-
-
-class _OnceFilter(logging.Filter):
-    """Passes each distinct tiatoolbox warning once per process.
-
-    tiatoolbox logs through the root logger on every read, e.g. "Read: Scale > 1" for each of
-    thousands of targets read finer than the slide's baseline: one line says it.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if "tiatoolbox" not in record.pathname:
-            return True
-        message = record.getMessage()
-        if message in self.seen:
-            return False
-        self.seen.add(message)
-        return True
-
-
-_ONCE = _OnceFilter()
-
-
-class SlideReader:
-    """One slide through tiatoolbox, read in regions at a requested mpp."""
-
-    def __init__(self, path: Path, mpp: float | None) -> None:
-        try:
-            from tiatoolbox.wsicore.wsireader import WSIReader
-        except ImportError as e:  # pragma: no cover - depends on the install
-            raise DatasetError(f"reading slides needs tiatoolbox ({e}); run `make install`") from None
-        logging.getLogger().addFilter(_ONCE)  # no-op when already added
-        try:
-            self.wsi = WSIReader.open(str(path), mpp=(mpp, mpp) if mpp else None)
-            info = self.wsi.info
-            self.size = tuple(int(v) for v in info.slide_dimensions)
-            slide_mpp = info.mpp
-        except Exception as e:  # tiatoolbox raises many kinds for unreadable files
-            raise DatasetError(f"cannot read {path}: {type(e).__name__}: {str(e)[:200]}") from None
-        if slide_mpp is None or not float(slide_mpp[0]) > 0:
-            raise DatasetError(f"{path}: no micrometres-per-pixel in the file; pass --slide-mpp")
-        self.mpp = float(slide_mpp[0])
-
-    def read(self, origin: tuple[int, int], size: int, mpp: float) -> np.ndarray:
-        """``size`` x ``size`` RGB at ``mpp``, top-left at baseline pixel ``origin``."""
-        out = self.wsi.read_rect(origin, (size, size), resolution=mpp, units="mpp",
-                                 pad_constant_values=BACKGROUND_FILL)
-        out = np.ascontiguousarray(out[..., :3], dtype=np.uint8)
-        if out.shape != (size, size, 3):  # tiatoolbox may be off by one after rescaling
-            out = np.asarray(Image.fromarray(out).resize((size, size), Image.BILINEAR))
-        return out
 
 
 def _atomic_json(path: Path, data: dict) -> None:
@@ -274,7 +163,7 @@ def prepare(
         entry: dict[str, Any] = {"path": key, "name": path.name}
         try:
             reader = SlideReader(path, slide_mpp)
-        except DatasetError as e:
+        except SlideReadError as e:
             report(f"skipped: {e}")
             manifest["slides"] = [s for s in manifest["slides"] if s["path"] != key]
             manifest["slides"].append({**entry, "status": "failed", "error": str(e)})

@@ -190,10 +190,6 @@ class Trainer:
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
 
-    def ema_state(self) -> dict[str, torch.Tensor]:
-        """The EMA unet's weights (what a model folder ships)."""
-        return _contiguous(self.ema.ema_model.state_dict())
-
     # -- training ------------------------------------------------------------------------------
     def train_step(self) -> float:
         s, st = self.settings, self.cascade_stage

@@ -1,0 +1,135 @@
+"""Reading real whole-slide images: tiatoolbox's ``WSIReader`` behind one small reader, the
+tissue rules used on real pixels, and the one RGB -> HSV conversion (shared with the
+background rule on generated pixels). Used by ``prepare`` (training data), ``evaluate`` (real
+patches) and the reader study."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .errors import LazySlideError
+from .geometry import BACKGROUND_FILL
+
+
+class SlideReadError(LazySlideError):
+    """A slide that cannot be opened or read (the message names the file)."""
+
+
+def to_hsv(rgb: np.ndarray) -> np.ndarray:
+    """uint8 RGB (H, W, 3) -> float32 HSV in [0, 1] (PIL's conversion, as the paper's rules)."""
+    return np.asarray(Image.fromarray(rgb).convert("HSV"), dtype=np.float32) / 255.0
+
+
+@dataclass(frozen=True)
+class TissueRule:
+    """The paper's training test (HSV in [0, 1]): tissue = h > 0.5, s > 0.1, v < 0.9.
+
+    A target is kept when at least ``min_fraction`` of its pixels are tissue.
+    """
+
+    hue_min: float = 0.5
+    sat_min: float = 0.1
+    val_max: float = 0.9
+    min_fraction: float = 0.05
+
+    def __post_init__(self) -> None:
+        for name in ("hue_min", "sat_min", "val_max", "min_fraction"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                flag = " (--min-tissue)" if name == "min_fraction" else ""
+                raise LazySlideError(f"tissue {name}{flag} is a fraction in [0, 1], got {v!r}")
+
+    def fraction(self, rgb: np.ndarray) -> float:
+        hsv = to_hsv(rgb)
+        tissue = (hsv[..., 0] > self.hue_min) & (hsv[..., 1] > self.sat_min) & (hsv[..., 2] < self.val_max)
+        return float(tissue.mean())
+
+    def keeps(self, rgb: np.ndarray) -> bool:
+        return self.fraction(rgb) >= self.min_fraction
+
+
+class OtsuMask:
+    """Slide-level tissue mask: Otsu's threshold on a greyscale thumbnail, as tiatoolbox's
+    ``OtsuTissueMasker`` computes it (which cannot be imported without umap, timm, ...).
+
+    ``fraction(box)`` is the tissue share of a box given in baseline pixels.
+    """
+
+    def __init__(self, reader: SlideReader, max_side: int = 2048) -> None:
+        from skimage.filters import threshold_otsu
+
+        self.mpp = reader.mpp * max(1.0, max(reader.size) / max_side)
+        n = [max(1, round(v * reader.mpp / self.mpp)) for v in reader.size]
+        thumb = reader.wsi.read_rect((0, 0), tuple(n), resolution=self.mpp, units="mpp",
+                                     pad_constant_values=BACKGROUND_FILL)[..., :3]
+        grey = np.asarray(Image.fromarray(np.ascontiguousarray(thumb, np.uint8)).convert("L"))
+        self.mask = grey < threshold_otsu(grey) if grey.min() < grey.max() else np.zeros_like(grey, bool)
+        self.to_thumb = reader.mpp / self.mpp
+
+    def fraction(self, x: int, y: int, size: int) -> float:
+        f = self.to_thumb
+        h, w = self.mask.shape
+        x0, y0 = max(0, int(x * f)), max(0, int(y * f))
+        x1, y1 = min(w, int(np.ceil((x + size) * f))), min(h, int(np.ceil((y + size) * f)))
+        if x1 <= x0 or y1 <= y0:
+            return 0.0
+        return float(self.mask[y0:y1, x0:x1].sum()) / max(1.0, (size * f) ** 2)
+
+
+class _OnceFilter(logging.Filter):
+    """Passes each distinct tiatoolbox warning once per process.
+
+    tiatoolbox logs through the root logger on every read, e.g. "Read: Scale > 1" for each of
+    thousands of targets read finer than the slide's baseline: one line says it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "tiatoolbox" not in record.pathname:
+            return True
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+_ONCE = _OnceFilter()
+
+
+class SlideReader:
+    """One slide through tiatoolbox, read in regions at a requested mpp."""
+
+    def __init__(self, path: Path, mpp: float | None) -> None:
+        try:
+            from tiatoolbox.wsicore.wsireader import WSIReader
+        except ImportError as e:  # pragma: no cover - depends on the install
+            raise SlideReadError(f"reading slides needs tiatoolbox ({e}); run `make install`") from None
+        logging.getLogger().addFilter(_ONCE)  # no-op when already added
+        try:
+            self.wsi = WSIReader.open(str(path), mpp=(mpp, mpp) if mpp else None)
+            info = self.wsi.info
+            self.size = tuple(int(v) for v in info.slide_dimensions)
+            slide_mpp = info.mpp
+        except Exception as e:  # tiatoolbox raises many kinds for unreadable files
+            raise SlideReadError(f"cannot read {path}: {type(e).__name__}: {str(e)[:200]}") from None
+        if slide_mpp is None or not float(slide_mpp[0]) > 0:
+            raise SlideReadError(f"{path}: no micrometres-per-pixel in the file; pass --slide-mpp")
+        self.mpp = float(slide_mpp[0])
+
+    def read(self, origin: tuple[int, int], size: int, mpp: float) -> np.ndarray:
+        """``size`` x ``size`` RGB at ``mpp``, top-left at baseline pixel ``origin``."""
+        out = self.wsi.read_rect(origin, (size, size), resolution=mpp, units="mpp",
+                                 pad_constant_values=BACKGROUND_FILL)
+        out = np.ascontiguousarray(out[..., :3], dtype=np.uint8)
+        if out.shape != (size, size, 3):  # tiatoolbox may be off by one after rescaling
+            out = np.asarray(Image.fromarray(out).resize((size, size), Image.BILINEAR))
+        return out
