@@ -1,7 +1,8 @@
 """lazyslide: lazy, zoom-driven gigapixel synthetic histopathology slides (URCDM).
 
-Pipeline: ``geometry`` (arithmetic) -> ``plan`` (tile dependencies) -> ``generator``
-(``model`` + ``sampler``) -> ``store`` -> consumers (``Slide``, ``OpenSlideView``, CLI).
+Pipeline: ``geometry`` (arithmetic) -> ``plan`` / ``methods`` (tile dependencies, how a slide is
+made) -> ``generator`` (``model`` + ``sampler``, one ``stage`` at a time) -> ``store`` ->
+consumers (``Slide``, ``OpenSlideView``, ``deepzoom``, ``export``, the CLI and the server).
 Importing this package is cheap and offline: imagen-pytorch is imported on first model use.
 """
 

@@ -44,6 +44,16 @@ def test_evaluate_writes_the_papers_tables(tmp_path, capsys, method, small_folde
     else:  # outpainting makes only the full-resolution canvas
         assert report["levels"]["0"]["n_generated"] == 0 and report["summary"]["fid_level0"] is None
         assert "| outpaint | n/a |" in md
+    cons = report["consistency"]
+    assert set(cons["real"]) == {"1", "2"} and "| Level | source | pairs | tissue IoU |" in md
+    for v in cons["real"].values():
+        assert v["pairs"] == 6 and 0 <= v["tissue_iou"] <= 1 and 0 <= v["hallucinated_tissue"] <= 1
+        assert v["grid_tissue"] is not None and 0.5 < v["grid_tissue"] < 2  # real: no tile grid
+    if method == "urcdm":  # two seeds, a 2x2 block each, against their parent windows
+        assert set(cons["generated"]) == {"1", "2"}
+        assert all(v["pairs"] == 8 for v in cons["generated"].values())
+    else:  # no parent windows: the grid score only
+        assert set(cons["generated"]) == {"2"} and cons["generated"]["2"]["pairs"] == 0
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert {r["metric"] for r in rows} >= {"pfid", "precision", "recall", "fid"}
     assert (out / "pr_by_level.png").stat().st_size > 0

@@ -23,6 +23,7 @@ from ..model import URCDM
 from ..slide import Slide
 from ..store import MemoryStore, TileStore
 from ..wsi import SlideReader, SlideReadError, TissueRule
+from .consistency import generated_consistency, real_consistency
 from .features import FeatureExtractor, InceptionFeatures
 from .fid import fid
 from .precision_recall import precision_recall
@@ -88,6 +89,8 @@ def evaluate(
         crops = random_crops(pfid_n, t * g.mpp, max_um, rng)
         real_c = real_crops(readers, crops, t)
         fake_c = generated_crops(slides, crops, t, progress=bar.update)
+        consistency = {"generated": generated_consistency(slides, block),
+                       "real": real_consistency(readers, g, n, block, rng)}
 
     feats = {}
     with tqdm(total=2 * g.levels + 2, desc="features", unit="set", disable=not progress) as bar:
@@ -118,6 +121,7 @@ def evaluate(
         "seeds": list(seeds), "real": [str(p) for p in real], "k": k,
         "extractor": getattr(extractor, "name", type(extractor).__name__),
         "summary": summary, "levels": {str(k_): v for k_, v in levels.items()},
+        "consistency": {src: {str(lv): v for lv, v in rows.items()} for src, rows in consistency.items()},
         "seconds": round(time.perf_counter() - t0, 1),
     }
     _write(out, report, samples, (real_c, fake_c))
@@ -155,6 +159,23 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", f"pFID on {s['pfid_n']} crops. With few samples FID and pFID are biased upwards: "
               "compare runs with the same counts. n/a: the method makes no images at that level "
               "(outpainting has only the full-resolution canvas) or too few for k.", ""]
+    lines += [
+        "## Cross-scale consistency and tile grid",
+        "",
+        "| Level | source | pairs | tissue IoU | hallucinated tissue | Delta E 2000 on tissue | "
+        "grid score (glass) | grid score (tissue) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for src, rows in report["consistency"].items():
+        for lv, v in rows.items():
+            lines.append(f"| {lv} | {src} | {v['pairs']} | {_fmt(v['tissue_iou'])} | "
+                         f"{_fmt(v['hallucinated_tissue'])} | {_fmt(v['delta_e_tissue'], 1)} | "
+                         f"{_fmt(v['grid_glass'])} | {_fmt(v['grid_tissue'])} |")
+    lines += ["", "Each level-k tile area-downsampled to level k-1's scale against the parent pixels "
+              "under it (tissue: HSV saturation > 0.12); hallucinated tissue: the child's tissue over "
+              "parent glass. Grid score: mean |difference| across magnification-tile seams / the "
+              "same one and two pixels away (1 = no visible grid). Real: the same region read at "
+              "both levels' um/px, and real regions at the same seam positions.", ""]
     return "\n".join(lines)
 
 

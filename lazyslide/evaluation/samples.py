@@ -91,28 +91,32 @@ def _tissue_centre(overview: np.ndarray) -> tuple[float, float]:
     return float(xs.mean()), float(ys.mean())
 
 
+def block_tiles(slide: Slide, level: int, block: int) -> list[TileId]:
+    """A ``block`` x ``block`` block of ``level``'s tiles around the slide's tissue (level 0: the
+    overview). For the outpainting method (deepest level only), the top-left block, where raster
+    outpainting starts."""
+    g = slide.geometry
+    if level == 0:
+        return [TileId(0, 0, 0)]
+    if 0 in slide.levels:  # centre on the tissue the overview shows
+        cx, cy = _tissue_centre(slide.tile(0, 0, 0))
+        f = g.canvases[level] / g.canvases[0] / g.stride
+        centre = (int(cx * f), int(cy * f))
+    else:
+        centre = (block // 2, block // 2)
+    lo = [min(max(0, c - block // 2), g.grid(level) - block) for c in centre]
+    return [TileId(level, lo[0] + i, lo[1] + j) for j in range(block) for i in range(block)]
+
+
 def level_patches(slides: Sequence[Slide], level: int, block: int, *, tissue_only: bool = True,
                   progress: Progress | None = None) -> list[np.ndarray]:
-    """Tiles of ``level``: per slide a ``block`` x ``block`` block around its tissue (level 0:
-    the overview). For the outpainting method (deepest level only), the top-left block, where
-    raster outpainting starts."""
+    """Tiles of ``level``: per slide the ``block_tiles`` block (tissue only, but at level 0)."""
     rule = TissueRule()
     out = []
     for slide in slides:
-        g = slide.geometry
         if level not in slide.levels:
             continue
-        if level == 0:
-            tiles = [TileId(0, 0, 0)]
-        else:
-            if 0 in slide.levels:  # centre on the tissue the overview shows
-                cx, cy = _tissue_centre(slide.tile(0, 0, 0))
-                f = g.canvases[level] / g.canvases[0] / g.stride
-                centre = (int(cx * f), int(cy * f))
-            else:
-                centre = (block // 2, block // 2)
-            lo = [min(max(0, c - block // 2), g.grid(level) - block) for c in centre]
-            tiles = [TileId(level, lo[0] + i, lo[1] + j) for j in range(block) for i in range(block)]
+        tiles = block_tiles(slide, level, block)
         slide.ensure(tiles)
         for t in tiles:
             px = slide.tile(*t)
