@@ -37,7 +37,6 @@ MAX_REGION_PIXELS = 1 << 28
 Progress = Callable[[TileId, str], None]
 
 
-
 class Slide:
     """One synthetic slide of a model, identified by its seed."""
 
