@@ -107,7 +107,7 @@ class GridScore:
     """Accumulates seam and reference differences on glass and tissue."""
 
     sums: dict[str, list[float]] = field(default_factory=lambda: {
-        k: [0.0, 0.0, 0.0, 0.0] for k in ("glass", "tissue")})  # seam sum, n, ref sum, n
+        k: [0.0, 0.0, 0] for k in ("glass", "tissue")})  # seam sum, reference sum, pixels
 
     def add(self, canvas: np.ndarray, positions: Sequence[int]) -> None:
         """``canvas``: RGB of one level; ``positions``: seam columns and rows (pixel b is the
@@ -126,15 +126,14 @@ class GridScore:
                 for name, where in (("glass", ~on_tissue), ("tissue", on_tissue)):
                     s = self.sums[name]
                     s[0] += float(seam[where].sum())
-                    s[1] += int(where.sum())
-                    s[2] += float(ref[where].sum())
-                    s[3] += int(where.sum())
+                    s[1] += float(ref[where].sum())
+                    s[2] += int(where.sum())
 
     def summary(self) -> dict[str, float | None]:
         out: dict[str, float | None] = {}
-        for name, (seam, n, ref, m) in self.sums.items():
+        for name, (seam, ref, n) in self.sums.items():
             # +0.5 grey level: a perfectly flat area has no grid, not an undefined ratio
-            out[f"grid_{name}"] = (seam / n + 0.5) / (ref / m + 0.5) if n else None
+            out[f"grid_{name}"] = (seam / n + 0.5) / (ref / n + 0.5) if n else None
         return out
 
 
@@ -195,6 +194,6 @@ def real_consistency(readers: Sequence[SlideReader], geometry: Geometry, n: int,
             cs.add(*child_at_parent_scale(target, window, foot))
             if i < max(1, n // 4):  # fewer, larger regions for the grid reference
                 region = reader.read((round(x * to_base), round(y * to_base)), side, mpp)
-                gs.add(region, [p for p in seams(block, g.stride, g.overlap)])
+                gs.add(region, seams(block, g.stride, g.overlap))
         out[level] = {**cs.summary(), **gs.summary()}
     return out
