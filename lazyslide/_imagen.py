@@ -19,6 +19,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from .conditioning import CONDITIONING, conditioning
 from .errors import ModelError
 
 _module: ModuleType | None = None
@@ -65,7 +66,7 @@ def build_unet(config: dict[str, Any], level: int, stage: int) -> nn.Module:
         cond_on_text=False,
         text_embed_dim=None,
         lowres_cond=stage > 0,
-        cond_images_channels=3 if level > 0 else 0,
+        cond_images_channels=CONDITIONING[conditioning(config)] if level > 0 else 0,
     )
     for k, v in kwargs.items():
         if isinstance(v, list):
@@ -77,6 +78,30 @@ def build_unet(config: dict[str, Any], level: int, stage: int) -> nn.Module:
         except (TypeError, AssertionError, ValueError) as e:
             raise ModelError(f"unet config for level {level} unet {stage + 1} rejected "
                              f"by imagen-pytorch: {e}") from None
+
+
+def load_widened(unet: nn.Module, state: dict[str, Tensor], cond_before: int) -> None:
+    """Load trained weights whose conditioning image had ``cond_before`` channels into ``unet``,
+    which takes more: imagen concatenates (cond, x, lowres) on channels before its first
+    convolution, so the new conditioning channels get zero weights there, right after the old
+    ones, and the network computes exactly what it did until fine-tuning teaches it to use them.
+    """
+    import torch
+
+    own = unet.state_dict()
+    extra = unet.cond_images_channels - cond_before
+    out = {}
+    for k, v in state.items():
+        want = own.get(k)
+        if want is not None and want.shape != v.shape and k.startswith("init_conv.") and v.ndim == 4 \
+                and want.shape[1] == v.shape[1] + extra and want.shape[0] == v.shape[0]:
+            zeros = torch.zeros(v.shape[0], extra, *v.shape[2:], dtype=v.dtype)
+            v = torch.cat([v[:, :cond_before], zeros, v[:, cond_before:]], dim=1)
+        out[k] = v
+    try:
+        unet.load_state_dict(out, strict=True)
+    except RuntimeError as e:
+        raise ModelError(f"trained weights do not fit this unet: {str(e).splitlines()[1][:200]}") from None
 
 
 class ImagenDenoiser:

@@ -5,6 +5,15 @@ in [-1, 1] inside it. imagen-pytorch normalises the images it denoises but passe
 ``cond_images`` through as given; lazyslide always hands the unets normalised conditioning
 windows, resized with area averaging (not imagen's nearest neighbour, which aliases a 1024 px
 window down to 64 px).
+
+What a level >= 1 unet sees of its parent is the model's ``conditioning`` (``CONDITIONING``):
+- ``window`` (the paper): the parent window centred on the tile, resized to the unet's size.
+  The tile itself is the central 1/scale of it: 5 px of a 32 px first stage in the demo preset,
+  and random training crops of the later stages cut window pixels that are not where the tile is.
+- ``window+footprint`` (a variant in the authors' public code): three more channels, the
+  tile's footprint in that window upsampled to the tile, so each conditioning pixel lies over
+  the tile pixel it describes. The unet no longer has to learn a 6x zoom of the window's
+  centre to put tissue where the parent has it, and crops stay aligned.
 """
 
 from __future__ import annotations
@@ -15,6 +24,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .errors import ModelError
+
+#: conditioning name -> channels of the conditioning image
+CONDITIONING: dict[str, int] = {"window": 3, "window+footprint": 6}
+DEFAULT_CONDITIONING = "window"
+
+#: A footprint: (x0, y0, x1, y1) in window pixels.
+Footprint = tuple[float, float, float, float]
+
+
+def conditioning(config: dict) -> str:
+    """The model config's conditioning (absent: the paper's window)."""
+    name = config.get("conditioning", DEFAULT_CONDITIONING)
+    if name not in CONDITIONING:
+        raise ModelError(f"model config: unknown conditioning {name!r}; choose from "
+                         f"{', '.join(CONDITIONING)}")
+    return name
 
 
 def to_model_space(images: Sequence[np.ndarray] | np.ndarray) -> Tensor:
@@ -40,6 +67,38 @@ def resize(x: Tensor, size: int) -> Tensor:
     return F.interpolate(x, size=(size, size), mode=mode)
 
 
-def cond_image(windows: Sequence[np.ndarray] | np.ndarray, size: int) -> Tensor:
-    """Parent conditioning windows as a unet of resolution ``size`` takes them."""
-    return resize(to_model_space(windows), size)
+def centred_footprint(window: int, scale: float) -> Footprint:
+    """The footprint of a tile in a ``window`` px window centred on it, ``scale`` times finer."""
+    half = window / (2 * scale)
+    c = window / 2
+    return (c - half, c - half, c + half, c + half)
+
+
+def crop_resize(x: Tensor, boxes: Sequence[Footprint], size: int) -> Tensor:
+    """Bilinear samples of each image's box (pixel-edge coordinates) on a ``size`` grid."""
+    b, _, h, w = x.shape
+    box = torch.tensor(boxes, dtype=x.dtype, device=x.device).view(b, 4)
+    t = (torch.arange(size, dtype=x.dtype, device=x.device) + 0.5) / size  # pixel centres
+    gx = box[:, 0:1] + t[None] * (box[:, 2:3] - box[:, 0:1])  # (B, size) window px
+    gy = box[:, 1:2] + t[None] * (box[:, 3:4] - box[:, 1:2])
+    grid = torch.stack(torch.broadcast_tensors(
+        (gx / w * 2 - 1)[:, None, :], (gy / h * 2 - 1)[:, :, None]), dim=-1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def cond_image(windows: Sequence[np.ndarray] | np.ndarray, size: int, mode: str = DEFAULT_CONDITIONING,
+               footprints: Sequence[Footprint] | None = None) -> Tensor:
+    """Parent conditioning windows as a unet of resolution ``size`` takes them.
+
+    Built at the window's own resolution, then area-resized to ``size``, so training (which
+    builds it once and resizes per stage) and sampling see the same numbers. ``footprints``:
+    each tile's box in its window (default: centred, as training pairs are cut).
+    """
+    w = to_model_space(windows)
+    if mode == "window+footprint":
+        if footprints is None:
+            raise ValueError("window+footprint conditioning needs the tiles' footprints")
+        w = torch.cat([w, crop_resize(w, footprints, w.shape[-1])], dim=1)
+    elif mode not in CONDITIONING:
+        raise ModelError(f"unknown conditioning {mode!r}")
+    return resize(w, size)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .conditioning import cond_image, resize, to_model_space, to_uint8
+from .conditioning import centred_footprint, cond_image, conditioning, resize, to_model_space, to_uint8
 from .geometry import TileId
 from .model import URCDM
 from .sampler import TileNoise, derive_seed
@@ -33,6 +33,8 @@ class TileJob:
     mask: np.ndarray
     #: (T, T, 3) uint8 parent window for level >= 1, else None
     window: np.ndarray | None = None
+    #: the tile's box in ``window`` (window pixels); None: centred, as training pairs are cut
+    footprint: tuple[float, float, float, float] | None = None
 
 
 @torch.no_grad()
@@ -60,6 +62,11 @@ def generate(model: URCDM, jobs: Sequence[TileJob], *, unet_level: int | None = 
     if (windows is not None) != (unet_level > 0):
         raise ValueError(f"level {unet_level}'s unets {'need' if unet_level else 'take no'} parent windows")
 
+    mode = conditioning(model.config)
+    footprints = None
+    if windows is not None:
+        centred = centred_footprint(t, float(geom.scale(level)))
+        footprints = [centred if j.footprint is None else j.footprint for j in jobs]
     x = None
     for index, size in enumerate(geom.cascade):
         f = t // size
@@ -70,7 +77,7 @@ def generate(model: URCDM, jobs: Sequence[TileJob], *, unet_level: int | None = 
             noise,
             size,
             lowres=None if x is None else resize(x, size),
-            cond=cond_image(windows, size).to(device) if windows is not None else None,
+            cond=cond_image(windows, size, mode, footprints).to(device) if windows is not None else None,
             known=resize(known, size),
             mask=mask[..., ::f, ::f],
         )

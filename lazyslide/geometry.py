@@ -170,6 +170,12 @@ class Geometry:
         oy = _round_half_up((fy0 + fy1) / 2 - half)
         return (ox, oy, ox + self.tile, oy + self.tile)
 
+    def footprint_in_window(self, level: int, col: int, row: int) -> tuple[float, float, float, float]:
+        """The tile's box inside its conditioning window (window pixels, x0 y0 x1 y1)."""
+        ox, oy, _, _ = self.parent_window(level, col, row)
+        fx0, fy0, fx1, fy1 = self.parent_footprint(level, col, row)
+        return (float(fx0 - ox), float(fy0 - oy), float(fx1 - ox), float(fy1 - oy))
+
     def window_tiles(self, level: int, col: int, row: int) -> list[TileId]:
         """Parent-level tiles needed to compose the tile's conditioning window."""
         return self.covering_tiles(level - 1, self.parent_window(level, col, row))

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .background import BackgroundRule
+from .conditioning import conditioning
 from .errors import ModelError
 from .geometry import Geometry, GeometryError, preset
 from .networks import Denoiser, architecture, build_unet
@@ -67,6 +68,10 @@ UNETS: dict[str, list[dict[str, Any]]] = {
 #: low-noise steps and left visible noise (x0 error at t = 0.125 twenty times that of the
 #: upsampled input after 500 steps); cosine spends more of training there.
 SCHEDULES_PER_PRESET: dict[str, list[str]] = {"demo": ["cosine", "cosine", "cosine"]}
+#: What level >= 1 unets see of their parent, where a preset departs from the paper's window
+#: (``conditioning.CONDITIONING``). The demo model trains for minutes: with the window alone its
+#: level-1 unets put tissue where level 0 shows glass (IoU 0.64, 22 % of tissue over parent glass).
+CONDITIONING_PER_PRESET: dict[str, str] = {"demo": "window+footprint"}
 #: Sampling defaults per preset: steps and RePaint resamples per cascade stage.
 SAMPLING: dict[str, dict[str, Any]] = {
     "paper": dict(steps=[128, 64, 64], resample=[3, 3, 3], threshold=0.95),
@@ -94,7 +99,8 @@ def default_config(preset_name: str) -> dict[str, Any]:
         },
         "sampling": copy.deepcopy(SAMPLING[preset_name]),
         "background": BackgroundRule().to_dict(),
-    }
+    } | ({"conditioning": CONDITIONING_PER_PRESET[preset_name]}
+         if preset_name in CONDITIONING_PER_PRESET else {})
 
 
 def file_name(level: int, stage: int) -> str:
@@ -320,6 +326,7 @@ class URCDM:
                 raise ModelError(f"model config: unknown noise schedule {sch!r}")
         self._sampling = SamplingConfig.from_dict(s)
         architecture(c)  # a known architecture
+        conditioning(c)  # a known conditioning
 
     def _construct(self, level: int, stage: int) -> nn.Module:
         return build_unet(self.config, level, stage)

@@ -34,10 +34,13 @@ class Architecture:
     build: Callable[[dict[str, Any], int, int], nn.Module]
     #: network -> the Denoiser that calls it
     denoiser: Callable[[nn.Module], Denoiser]
+    #: (network, trained weights, their conditioning channels) -> None: load weights trained
+    #: with a narrower conditioning image (fine-tuning into a new conditioning)
+    load_widened: Callable[[nn.Module, dict[str, Tensor], int], None]
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "imagen-unet": Architecture(_imagen.build_unet, _imagen.ImagenDenoiser),
+    "imagen-unet": Architecture(_imagen.build_unet, _imagen.ImagenDenoiser, _imagen.load_widened),
 }
 DEFAULT_ARCHITECTURE = "imagen-unet"
 

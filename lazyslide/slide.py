@@ -196,24 +196,20 @@ class Slide:
             dy = (n.row - tile.row) * self.geometry.stride
             known[y0:y1, x0:x1] = self._stored(n)[y0 - dy:y1 - dy, x0 - dx:x1 - dx]
             mask[y0:y1, x0:x1] = True
-        window = None
+        window = footprint = None
         if tile.level > 0 and self.method.conditioned:
             window = self._compose(tile.level - 1, self.geometry.parent_window(*tile))
-        return TileJob(tile, self.seed, known, mask, window)
-
-    def _footprint_in_window(self, tile: TileId) -> tuple[float, float, float, float]:
-        ox, oy, _, _ = self.geometry.parent_window(*tile)
-        fx0, fy0, fx1, fy1 = self.geometry.parent_footprint(*tile)
-        return (float(fx0 - ox), float(fy0 - oy), float(fx1 - ox), float(fy1 - oy))
+            footprint = self.geometry.footprint_in_window(*tile)
+        return TileJob(tile, self.seed, known, mask, window, footprint)
 
     def _has_tissue(self, job: TileJob) -> bool:
-        return has_tissue(job.window, self._footprint_in_window(job.tile), self.model.background)
+        return has_tissue(job.window, self.geometry.footprint_in_window(*job.tile), self.model.background)
 
     def _background_tile(self, job: TileJob) -> np.ndarray:
         """No diffusion: the parent upscaled over the footprint, known neighbour pixels kept."""
         t = self.geometry.tile
         up = Image.fromarray(job.window).resize((t, t), Image.Resampling.BICUBIC,
-                                                box=self._footprint_in_window(job.tile))
+                                                box=self.geometry.footprint_in_window(*job.tile))
         pixels = np.array(up)
         pixels[job.mask] = job.known[job.mask]
         return pixels

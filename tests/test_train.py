@@ -200,3 +200,38 @@ def test_time_limit_stops_with_a_checkpoint_and_resumes(data, tmp_path, capsys):
     assert main(args + ["--steps", "5", "--max-minutes", "0"]) != 0
     assert "--max-minutes must be positive" in capsys.readouterr().err
     assert _step(run / "checkpoint" / "state.json") == 3
+
+
+def test_fine_tuning_into_the_footprint_conditioning(data, tmp_path, capsys):
+    """`train --init MODEL --conditioning window+footprint`: the run starts from the model's
+    weights, widened (zero weights on the footprint channels), so before any step its network
+    computes exactly what the source unet does; the run records where it started, keeps that
+    across a resume, and assembles into a window+footprint model."""
+    source = URCDM.random("test", 4)
+    t = Trainer(data, tmp_path / "ft", 1, 1, SETTINGS, init="random:test:4",
+                conditioning="window+footprint")
+    assert t.dataset.conditioning == "window+footprint"
+    g = torch.Generator().manual_seed(0)
+    x, cond = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g)
+    ls = torch.tensor([0.5, -1.0])
+    with torch.no_grad():
+        want = source.unet(1, 0)(x, ls, cond_images=cond)
+        got = t.unet.eval()(x, ls, cond_images=torch.cat([cond, torch.randn(2, 3, 8, 8, generator=g)], 1))
+    assert torch.allclose(want, got, atol=1e-5)
+    t.fit(2, checkpoint_every=1, sample_every=2, progress=False)
+    assert (tmp_path / "ft" / "samples" / "step000002.png").is_file()  # window, footprint, ...
+    cfg = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert cfg["init"]["model"] == "random:test:4" and cfg["model"]["conditioning"] == "window+footprint"
+    again = Trainer(data, tmp_path / "ft", 1, 1, SETTINGS, conditioning="window+footprint")
+    assert again.step == 2 and again.config["init"] == cfg["init"]
+    # a window+footprint batch: the footprint channels hold the target's centre of the window
+    b = again.dataset.stage_batch(torch.tensor([0, 1]), 0, augment=False)
+    assert b.cond.shape == (2, 6, 8, 8)
+    with pytest.raises(TrainError, match="another model"):  # resumed with the paper's window
+        Trainer(data, tmp_path / "ft", 1, 1, SETTINGS)
+    with pytest.raises(TrainError, match="--init"):
+        Trainer(data, tmp_path / "ft2", 1, 1, SETTINGS, init=str(tmp_path / "no-such-model"))
+    with pytest.raises(SystemExit):  # argparse's choices
+        main(["train", "--data", str(data), "--level", "1", "--unet", "1", "-o",
+              str(tmp_path / "ft3"), "--conditioning", "everything"])
+    assert "invalid choice: 'everything'" in capsys.readouterr().err

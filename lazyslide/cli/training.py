@@ -26,6 +26,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     prep.add_argument("--tissue", choices=["hsv", "otsu"], default="hsv",
                       help="tissue test: the paper's HSV rule per target (default) or a slide-level "
                       "Otsu mask (tiatoolbox's method)")
+    prep.add_argument("--fragments", type=float, metavar="UM",
+                      help="for crops of tissue without glass: cut each sample to a random smooth "
+                      "fragment about UM micrometres across, on glass (synthetic augmentation)")
     prep.add_argument("--quiet", action="store_true", help="no progress bars")
     prep.set_defaults(func=cmd_prepare)
 
@@ -44,6 +47,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--sample-every", type=int, default=0, help="sample grid every N steps")
     train.add_argument("--max-minutes", type=float,
                        help="stop after this much wall-clock time (checkpointed; resumable)")
+    train.add_argument("--init", metavar="MODEL",
+                       help="fine-tune: start from this model's weights for the unet (a model "
+                       "folder or 'demo'); a resumed run continues from its checkpoint")
+    train.add_argument("--conditioning", choices=["window", "window+footprint"],
+                       help="what level >= 1 unets see of the parent (default: the preset's; "
+                       "README, How it works)")
     train.add_argument("--threads", type=int, help="torch CPU threads")
     train.add_argument("--device", help="'cpu' to force the CPU (default: accelerate's choice)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -94,7 +103,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         levels=ints(args.levels, "--levels") if args.levels else None,
         strides=ints(args.stride, "--stride") if args.stride else None,
         slide_mpp=args.slide_mpp, tissue=TissueRule(min_fraction=args.min_tissue),
-        tissue_method=args.tissue, progress=not args.quiet, report=report)
+        tissue_method=args.tissue, fragments=args.fragments, progress=not args.quiet,
+        report=report)
     if len(failed) == len(slides):
         raise LazySlideError(f"none of the {len(args.slides)} slide(s) could be read")
     counts = {lv: sum(sh["count"] for sh in manifest["shards"] if sh["level"] == int(lv))
@@ -119,7 +129,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     settings = TrainSettings(batch_size=args.batch_size, lr=args.lr, seed=args.train_seed,
                              crop=args.crop, ema_beta=args.ema_beta)
-    trainer = Trainer(args.data, args.output, args.level, args.unet, settings, device=args.device)
+    trainer = Trainer(args.data, args.output, args.level, args.unet, settings, device=args.device,
+                      init=args.init, conditioning=args.conditioning)
     if trainer.step:
         print(f"resuming {args.output} at step {trainer.step}")
     if trainer.step >= args.steps:

@@ -45,7 +45,11 @@ def assemble(runs: Sequence[str | Path], out: str | Path, *, dtype: str = "float
             raise TrainError(f"{path} and {by_unet[key][0]} both train level {key[0]} unet {key[1] + 1}")
         by_unet[key] = (path, s)
     config: dict[str, Any] = default_config(first["preset"])
-    config.update({k: first["model"][k] for k in ("geometry", "diffusion", "sampling", "background")})
+    for k in ("geometry", "diffusion", "sampling", "background", "conditioning"):
+        if k in first["model"]:
+            config[k] = first["model"][k]
+        else:  # a run from before the preset named it: the paper's window
+            config.pop(k, None)
     want = [(lv, st) for lv in range(len(config["unets"])) for st in range(len(config["unets"][lv]))]
     missing = [f"level {lv} unet {st + 1}" for lv, st in want if (lv, st) not in by_unet]
     if missing:
@@ -59,7 +63,8 @@ def assemble(runs: Sequence[str | Path], out: str | Path, *, dtype: str = "float
         state[(lv, st)] = {k: v.to(getattr(torch, dtype)) if v.is_floating_point() else v
                            for k, v in weights.items()}
     config["training"] = {
-        f"level{lv}_unet{st + 1}": {"steps": s["step"], "settings": s["settings"], "run": path.name}
+        f"level{lv}_unet{st + 1}": {"steps": s["step"], "settings": s["settings"], "run": path.name,
+                                    **({"init": s["init"]} if "init" in s else {})}
         for (lv, st), (path, s) in sorted(by_unet.items())
     }
     config["dtype"] = dtype

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..conditioning import cond_image, resize, to_model_space
+from ..conditioning import centred_footprint, cond_image, resize, to_model_space
 from ..geometry import Geometry
 from .prepare import DatasetError, load_manifest
 
@@ -38,7 +38,7 @@ def dihedral(x: Tensor, k: int) -> Tensor:
 class PairDataset:
     """All pairs of one level of a prepared dataset, in memory (uint8)."""
 
-    def __init__(self, folder: str | Path, level: int) -> None:
+    def __init__(self, folder: str | Path, level: int, conditioning: str = "window") -> None:
         self.folder = Path(folder)
         self.manifest = load_manifest(self.folder)
         try:
@@ -47,6 +47,8 @@ class PairDataset:
             raise DatasetError(f"{folder}: bad geometry in manifest.json ({e})") from None
         self.preset = self.manifest.get("preset")
         self.level = level
+        #: what the unets see of the parent window (``conditioning.CONDITIONING``)
+        self.conditioning = conditioning
         if str(level) not in self.manifest["levels"]:
             have = ", ".join(sorted(self.manifest["levels"])) or "none"
             raise DatasetError(f"{folder} has no level {level} pairs (levels prepared: {have})")
@@ -80,7 +82,10 @@ class PairDataset:
         size = g.cascade[stage]
         idx = index.tolist()
         x = to_model_space(self.targets[idx])
-        w = cond_image(self.windows[idx], g.tile) if self.windows is not None else None
+        w = None
+        if self.windows is not None:  # at the window's resolution; resized per stage below
+            footprint = centred_footprint(g.tile, float(g.scale(self.level)))
+            w = cond_image(self.windows[idx], g.tile, self.conditioning, [footprint] * len(idx))
         if augment:
             ks = torch.randint(8, (len(idx),), generator=generator).tolist()
             x = torch.stack([dihedral(xi, k) for xi, k in zip(x, ks, strict=True)])

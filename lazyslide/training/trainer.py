@@ -13,7 +13,7 @@ Run folder::
     RUN/config.json            level, unet, geometry, architecture, training settings
     RUN/checkpoint/            unet, ema, optimizer (.safetensors) + state.json (step)
     RUN/loss.csv, RUN/loss.png
-    RUN/samples/step{N}.png    rows: [parent window] [low-res input] sample (EMA) real
+    RUN/samples/step{N}.png    columns: [parent window [, footprint]] [low-res input] sample (EMA) real
 
 A step is a pure function of (weights, seed, step), so a run killed after a checkpoint and
 started again continues exactly where the checkpoint left it.
@@ -36,11 +36,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from ..conditioning import to_uint8
+from ..conditioning import CONDITIONING, to_uint8
+from ..conditioning import conditioning as conditioning_of
 from ..errors import LazySlideError
 from ..model import FORMAT as MODEL_FORMAT
 from ..model import default_config
-from ..networks import build_unet, denoiser
+from ..networks import architecture, build_unet, denoiser
 from ..sampler import TileNoise, derive_seed
 from ..stage import Stage
 from .dataset import PairDataset
@@ -91,13 +92,20 @@ class Trainer:
     """One unet (level, stage) of a model config, trained on one level of a prepared dataset."""
 
     def __init__(self, data: str | Path, run: str | Path, level: int, unet: int,
-                 settings: TrainSettings | None = None, *, device: str | None = None) -> None:
+                 settings: TrainSettings | None = None, *, device: str | None = None,
+                 init: str | None = None, conditioning: str | None = None) -> None:
         from accelerate import Accelerator
         from ema_pytorch import EMA
 
         self.run = Path(run)
         self.dataset = PairDataset(data, level)
         model_cfg = model_config(self.dataset.preset, self.dataset.manifest["geometry"])
+        if conditioning is not None:  # another than the preset's (``conditioning.CONDITIONING``)
+            if conditioning not in CONDITIONING:
+                raise TrainError(f"--conditioning must be one of {', '.join(CONDITIONING)}, "
+                                 f"got {conditioning!r}")
+            model_cfg["conditioning"] = conditioning
+        self.dataset.conditioning = conditioning_of(model_cfg)
         n_stages = len(self.dataset.geometry.cascade)
         if not 1 <= unet <= n_stages:
             raise TrainError(f"--unet must be in 1..{n_stages}, got {unet}")
@@ -112,16 +120,20 @@ class Trainer:
             "unet": unet,
             "preset": self.dataset.preset,
             "model": {k: model_cfg[k] for k in ("format", "preset", "geometry", "diffusion",
-                                                "sampling", "background")},
+                                                "sampling", "background", "conditioning")
+                      if k in model_cfg},
             "architecture": model_cfg["unets"][level][self.stage],
             "settings": asdict(settings),
             "dataset": {"path": str(Path(data).resolve()), "pairs": len(self.dataset)},
         }
         self._check_run()
+        fresh = not (self.run / "checkpoint" / "state.json").is_file()
         self.accelerator = Accelerator(cpu=device == "cpu")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed("train-init", settings.seed, level, self.stage))
             net = build_unet(model_cfg, level, self.stage)
+        if init is not None and fresh:  # a resumed run continues from its checkpoint instead
+            self._start_from(init, model_cfg, net)
         self.optimizer = torch.optim.Adam(net.parameters(), lr=settings.lr, betas=(0.9, 0.99), eps=1e-8)
         self.unet, self.optimizer = self.accelerator.prepare(net, self.optimizer)
         self.ema = EMA(self.accelerator.unwrap_model(self.unet), beta=settings.ema_beta,
@@ -132,6 +144,29 @@ class Trainer:
         self.cascade_stage = Stage.from_config(model_cfg, self.stage)
         self.step = 0
         self._resume()
+
+    def _start_from(self, spec: str, model_cfg: dict[str, Any], net: torch.nn.Module) -> None:
+        """Fine-tuning: start from the (level, unet) weights of a trained model, which must have
+        this unet's architecture; a narrower conditioning image is widened (``load_widened``)."""
+        from ..model import URCDM
+
+        lv, st = self.level, self.stage
+        try:
+            source = URCDM.from_spec(spec)
+        except LazySlideError as e:
+            raise TrainError(f"--init: {e}") from None
+        if source.config["unets"][lv][st] != model_cfg["unets"][lv][st] \
+                or source.config["geometry"]["cascade"] != model_cfg["geometry"]["cascade"]:
+            raise TrainError(f"--init {spec}: its level {lv} unet {st + 1} has another architecture "
+                             "or cascade than this dataset's preset")
+        state = {k: v.float() for k, v in source.unet(lv, st).state_dict().items()}
+        before = CONDITIONING[conditioning_of(source.config)] if lv > 0 else 0
+        try:
+            architecture(model_cfg).load_widened(net, state, before)
+        except LazySlideError as e:
+            raise TrainError(f"--init {spec}: {e}") from None
+        self.config["init"] = {"model": spec, "fingerprint": source.fingerprint}
+        (self.run / "config.json").write_text(json.dumps(self.config, indent=1) + "\n")
 
     # -- run folder --------------------------------------------------------------------------
     def _check_run(self) -> None:
@@ -150,6 +185,8 @@ class Trainer:
                         f"{self.run} holds a run with another {key} ({json.dumps(old.get(key))[:120]}, "
                         f"asked for {json.dumps(mine[key])[:120]}); resume it with the same "
                         "arguments or train into a new folder")
+            if "init" in old:  # provenance of a fine-tuned run, kept across resumes
+                self.config["init"] = old["init"]
         elif self.run.exists() and any(self.run.iterdir()):
             raise TrainError(f"{self.run} exists and is not a training run; choose a new folder")
         self.run.mkdir(parents=True, exist_ok=True)
@@ -291,7 +328,8 @@ class Trainer:
             denoiser(self.model_config, ema), noise, size,
             lowres=None if b.lowres is None else b.lowres.to(dev),
             cond=None if b.cond is None else b.cond.to(dev))
-        columns = [c for c in (b.cond, b.lowres) if c is not None] + [x.cpu(), b.x0]
+        conds = [] if b.cond is None else list(b.cond.split(3, dim=1))  # window [, footprint]
+        columns = [*conds, *([] if b.lowres is None else [b.lowres]), x.cpu(), b.x0]
         grid = np.concatenate([np.concatenate(list(to_uint8(c)), axis=0) for c in columns], axis=1)
         from PIL import Image
 

@@ -1,0 +1,112 @@
+"""What a level >= 1 unet sees of its parent: the window, and (window+footprint) the tile's
+footprint in it, pixel-aligned with the tile; fine-tuning into the wider conditioning."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from lazyslide import URCDM, Slide
+from lazyslide.conditioning import centred_footprint, cond_image, crop_resize, to_model_space
+from lazyslide.geometry import TileId
+from lazyslide.networks import architecture, build_unet
+from lazyslide.store import MemoryStore
+
+
+def _footprint_model(seed: int = 0) -> URCDM:
+    config = copy.deepcopy(URCDM.random("test", seed).config)
+    config["conditioning"] = "window+footprint"
+    config["background"]["enabled"] = False  # every tile diffused, none filled from the parent
+    return URCDM(config, init_seed=seed, source="random:test+footprint")
+
+
+def test_footprint_channels_are_the_tiles_box_of_the_window_upsampled():
+    """A window whose centre quarter is a checkerboard of 2 px cells: the footprint channels
+    hold that checkerboard at 4x (8 px cells), aligned with the tile's pixels."""
+    w = np.full((32, 32, 3), 200, np.uint8)
+    yy, xx = np.mgrid[12:20, 12:20]
+    w[12:20, 12:20] = np.where(((yy // 2 + xx // 2) % 2 == 0)[..., None], 40, 230)
+    cond = cond_image([w], 32, "window+footprint", [(12.0, 12.0, 20.0, 20.0)])
+    assert cond.shape == (1, 6, 32, 32)
+    assert torch.equal(cond[:, :3], to_model_space([w]))
+    foot = cond[0, 3:]
+    cells = foot[0].reshape(4, 8, 4, 8)[:, 2:6, :, 2:6]  # cell centres, clear of bilinear edges
+    expected = to_model_space([w[12:20:2, 12:20:2]])[0, 0]
+    assert torch.allclose(cells.mean(dim=(1, 3)), expected, atol=1e-5)
+    # the centred box of a window 4x coarser than its tile is this one
+    assert centred_footprint(32, 4) == (12.0, 12.0, 20.0, 20.0)
+
+
+def test_crop_resize_of_the_whole_image_at_its_size_is_the_identity():
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.allclose(crop_resize(x, [(0, 0, 16, 16)] * 2, 16), x, atol=1e-6)
+
+
+def test_window_conditioning_is_unchanged():
+    """The paper's conditioning is the area-resized window, as before the footprint existed."""
+    w = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    out = cond_image(w, 8)
+    assert torch.allclose(out, torch.nn.functional.avg_pool2d(to_model_space(w), 4), atol=1e-6)
+
+
+def test_widened_weights_compute_what_they_did_whatever_the_footprint():
+    """Weights trained with the window alone, loaded into a window+footprint unet: the new
+    channels get zero weights, so the output does not depend on them (until fine-tuned)."""
+    narrow = URCDM.random("test", 3)
+    wide_cfg = copy.deepcopy(narrow.config)
+    wide_cfg["conditioning"] = "window+footprint"
+    source = narrow.unet(1, 0)
+    wide = build_unet(wide_cfg, 1, 0)
+    architecture(wide_cfg).load_widened(wide, source.state_dict(), 3)
+    wide.eval()
+    g = torch.Generator().manual_seed(0)
+    x, cond = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g)
+    log_snr = torch.tensor([1.0, -2.0])
+    with torch.no_grad():
+        before = source(x, log_snr, cond_images=cond)
+        for footprint in (torch.zeros(2, 3, 8, 8), torch.randn(2, 3, 8, 8, generator=g)):
+            after = wide(x, log_snr, cond_images=torch.cat([cond, footprint], 1))
+            assert torch.allclose(before, after, atol=1e-5)
+
+
+def test_a_footprint_model_makes_pure_tiles_and_sees_the_footprint(tmp_path):
+    model = _footprint_model()
+    assert model.unet(1, 0).cond_images_channels == 6 and model.unet(0, 0).cond_images_channels == 0
+    seen = []
+    unet = model.unet(1, 2)
+    hook = unet.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["cond_images"]), with_kwargs=True)
+    a = Slide(model, seed=5, store=MemoryStore()).tile(1, 2, 3)
+    hook.remove()
+    b = Slide(_footprint_model(), seed=5, store=MemoryStore()).tile(1, 2, 3)
+    assert np.array_equal(a, b)
+    # the last stage saw the parent's pixels under the tile, upsampled onto the tile's grid
+    g = model.geometry
+    cond = seen[-1][0]  # the last tile made is the one asked for (after its neighbours)
+    x0, y0, x1, y1 = g.footprint_in_window(1, 2, 3)
+    slide = Slide(model, seed=5, store=MemoryStore())
+    window = slide.read_region(0, *g.parent_window(1, 2, 3)[:2], g.tile, g.tile)
+    expected = crop_resize(to_model_space([window]), [(x0, y0, x1, y1)], g.tile)[0]
+    assert torch.allclose(cond[3:], expected, atol=1e-5)
+    # the same weights but the window alone (the footprint's input weights unused): another
+    # tile, so the footprint reaches the output
+    narrow = copy.deepcopy(model.config)
+    del narrow["conditioning"]
+    assert not np.array_equal(a, Slide(URCDM(narrow, init_seed=0), seed=5, store=MemoryStore()).tile(1, 2, 3))
+
+
+def test_unknown_conditioning_is_a_clear_error():
+    config = copy.deepcopy(URCDM.random("test").config)
+    config["conditioning"] = "everything"
+    with pytest.raises(Exception, match="unknown conditioning 'everything'"):
+        URCDM(config, init_seed=0)
+
+
+def test_tile_id_footprint_in_window_is_the_parent_footprint_shifted():
+    g = URCDM.random("test").geometry
+    t = TileId(2, 5, 7)
+    ox, oy, _, _ = g.parent_window(*t)
+    fx0, fy0, fx1, fy1 = g.parent_footprint(*t)
+    assert g.footprint_in_window(*t) == (float(fx0 - ox), float(fy0 - oy), float(fx1 - ox), float(fy1 - oy))
