@@ -81,6 +81,66 @@ class OtsuMask:
         return float(self.mask[y0:y1, x0:x1].sum()) / max(1.0, (size * f) ** 2)
 
 
+@dataclass(frozen=True)
+class GlassStats:
+    """The colour of a slide's glass at one mpp: per-channel mean and standard deviation of
+    bright unsaturated pixels (HSV saturation < 0.05, value > 0.8), and how many were seen.
+
+    ``prepare`` fills the area beyond the slide with it, so that a slide's edge does not show
+    as a rectangle of real glass on flat grey padding, which the model would learn as tissue
+    fragments with straight edges."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    pixels: int
+
+    #: fewer glass pixels than this in the sample: the slide has no glass to measure
+    MIN_PIXELS = 1000
+
+    def fill(self, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+        """uint8 (h, w, 3) glass: the mean plus Gaussian noise of the measured spread."""
+        noise = rng.standard_normal((*shape, 3), dtype=np.float32) * np.float32(self.std)
+        return np.clip(np.round(np.float32(self.mean) + noise), 0, 255).astype(np.uint8)
+
+    def to_dict(self) -> dict:
+        return {"mean": [round(v, 2) for v in self.mean], "std": [round(v, 2) for v in self.std],
+                "pixels": self.pixels}
+
+
+def measure_glass(reader: SlideReader, mpp: float, *, grid: int = 4, size: int = 128) -> GlassStats | None:
+    """``GlassStats`` of ``reader``'s slide at ``mpp`` from a ``grid`` x ``grid`` sample of
+    ``size`` px regions spread over it (pixels beyond the slide left out); None if the sample
+    holds too little glass (a crop of tissue)."""
+    k = mpp / reader.mpp  # baseline pixels per pixel
+    extent = [v / k for v in reader.size]
+    picked = []
+    for gy in range(grid):
+        for gx in range(grid):
+            x = round(max(0.0, extent[0] - size) * gx / max(1, grid - 1))
+            y = round(max(0.0, extent[1] - size) * gy / max(1, grid - 1))
+            rgb = reader.read((round(x * k), round(y * k)), size, mpp)
+            inside = inside_slide(reader, (round(x * k), round(y * k)), size, mpp)
+            hsv = to_hsv(rgb)
+            glass = inside & (hsv[..., 1] < 0.05) & (hsv[..., 2] > 0.8)
+            picked.append(rgb[glass].astype(np.float64))
+    pixels = np.concatenate(picked)
+    if len(pixels) < GlassStats.MIN_PIXELS:
+        return None
+    return GlassStats(tuple(float(v) for v in pixels.mean(0)), tuple(float(v) for v in pixels.std(0)),
+                      len(pixels))
+
+
+def inside_slide(reader: SlideReader, origin: tuple[int, int], size: int, mpp: float) -> np.ndarray:
+    """(size, size) bool: which pixels of ``reader.read(origin, size, mpp)`` lie on the slide
+    (pixel centres inside its baseline extent), the rest being padding."""
+    k = mpp / reader.mpp
+    centres = (np.arange(size) + 0.5) * k
+    xs, ys = origin[0] + centres, origin[1] + centres
+    ok_x = (xs >= 0) & (xs < reader.size[0])
+    ok_y = (ys >= 0) & (ys < reader.size[1])
+    return ok_y[:, None] & ok_x[None, :]
+
+
 class _OnceFilter(logging.Filter):
     """Passes each distinct tiatoolbox warning once per process.
 

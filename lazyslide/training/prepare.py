@@ -3,10 +3,17 @@
 For each level L the slide is read at the level's micrometres per pixel (``Geometry.level_mpp``)
 in ``tile`` x ``tile`` targets; for L >= 1 each target comes with its conditioning window:
 ``tile`` x ``tile`` pixels at level L-1's mpp, centred on the target's centre (what
-``Geometry.parent_window`` gives the sampler). Pixels beyond the slide are glass
-(``BACKGROUND_FILL``, as the sampler fills windows beyond the canvas). Regions are read one at
-a time through tiatoolbox's ``WSIReader`` (SVS, NDPI, generic and OME TIFF, ...), never whole
-slides, so memory stays bounded.
+``Geometry.parent_window`` gives the sampler). Pixels beyond the slide are glass: the slide's
+own glass colour and noise at that mpp (``wsi.GlassStats``), so that the slide's edge is not a
+visible rectangle the model would learn; a slide without glass to measure keeps the flat
+``BACKGROUND_FILL``. Regions are read one at a time through tiatoolbox's ``WSIReader`` (SVS,
+NDPI, generic and OME TIFF, ...), never whole slides, so memory stays bounded.
+
+Which targets are kept: level 0, those with at least ``min_fraction`` tissue; levels >= 1, those
+too plus every target the sampler would diffuse, i.e. whose parent window shows tissue in or
+near the target's footprint (``background.has_tissue``, with the tissue rule's thresholds).
+Those are the mostly-glass targets across tissue borders: without them a level >= 1 unet only
+ever sees tissue follow its window and learns to ignore the glass in it.
 
 Dataset layout (``FORMAT``)::
 
@@ -31,11 +38,17 @@ from typing import Any
 
 import numpy as np
 
+from ..background import BackgroundRule, has_tissue
+from ..conditioning import centred_footprint
 from ..errors import LazySlideError
 from ..geometry import Geometry
-from ..wsi import OtsuMask, SlideReader, SlideReadError, TissueRule
+from ..wsi import GlassStats, OtsuMask, SlideReader, SlideReadError, TissueRule, inside_slide, measure_glass
+from .fragments import DEFAULT_GLASS, FragmentMask
 
 FORMAT = "lazyslide-dataset/1"
+#: How targets are kept and the slide's surroundings filled (see the module docstring); part
+#: of the manifest, so a dataset is only resumed with the same rule.
+KEEP_RULE = "tissue-or-near-tissue/glass-fill"
 
 
 class DatasetError(LazySlideError):
@@ -63,6 +76,21 @@ def window_origin(geometry: Geometry, level: int, x: float, y: float) -> tuple[f
     s = float(geometry.scale(level))
     half = geometry.tile / 2
     return (x + half) / s - half, (y + half) / s - half
+
+
+def read_filled(reader: SlideReader, origin: tuple[int, int], size: int, mpp: float,
+                glass: GlassStats | None) -> np.ndarray:
+    """``reader.read`` with the pixels beyond the slide filled with its glass (seeded by the
+    region, so a dataset is reproducible)."""
+    rgb = reader.read(origin, size, mpp)
+    if glass is None:
+        return rgb
+    outside = ~inside_slide(reader, origin, size, mpp)
+    if outside.any():
+        rng = np.random.default_rng([origin[0] + (1 << 40), origin[1] + (1 << 40), size,
+                                     round(mpp * 1e6)])
+        rgb[outside] = glass.fill((size, size), rng)[outside]
+    return rgb
 
 
 def _atomic_json(path: Path, data: dict) -> None:
@@ -104,6 +132,7 @@ def prepare(
     slide_mpp: float | None = None,
     tissue: TissueRule | None = None,
     tissue_method: str = "hsv",
+    fragments: float | None = None,
     shard_size: int = 512,
     progress: bool = True,
     report: Callable[[str], None] = print,
@@ -113,8 +142,10 @@ def prepare(
     ``strides`` (level pixels between targets, one per level; default a quarter tile) sets how
     densely targets are cut. ``tissue_method``: "hsv" (the paper's rule on each target) or
     "otsu" (a slide-level Otsu mask, tiatoolbox's method); both keep targets with at least
-    ``tissue.min_fraction`` tissue. A slide that cannot be read is reported and skipped; slides already
-    in the manifest are not read again.
+    ``tissue.min_fraction`` tissue. ``fragments`` (micrometres): cut each sample to a random
+    smooth fragment of about that size on glass (``fragments.FragmentMask``), for slides that
+    are crops of tissue without glass. A slide that cannot be read is reported and skipped;
+    slides already in the manifest are not read again.
     """
     from tqdm import tqdm
 
@@ -134,11 +165,17 @@ def prepare(
     tissue = tissue or TissueRule()
     if tissue_method not in ("hsv", "otsu"):
         raise DatasetError(f"tissue method must be hsv or otsu, got {tissue_method!r}")
+    if fragments is not None and not (isinstance(fragments, (int, float)) and 0 < fragments < 1e6):
+        raise DatasetError(f"--fragments is a fragment size in micrometres (> 0), got {fragments!r}")
+    if fragments is not None and tissue_method == "otsu":
+        raise DatasetError("--fragments changes the targets after reading: use --tissue hsv")
     header = {
         "format": FORMAT,
         "preset": preset,
         "geometry": geometry.to_dict(),
         "tissue": {**asdict(tissue), "method": tissue_method},
+        "keep": KEEP_RULE,
+        "fragments": None if fragments is None else {"size_um": float(fragments)},
         "levels": {str(lv): {"mpp": geometry.level_mpp(lv), "stride": strides[lv]} for lv in levels},
     }
     if (out / "manifest.json").is_file():
@@ -154,6 +191,7 @@ def prepare(
 
     done = {s["path"] for s in manifest["slides"] if s["status"] == "ok"}
     t = geometry.tile
+    footprint = {lv: centred_footprint(t, float(geometry.scale(lv))) for lv in levels if lv > 0}
     for path in map(Path, slides):
         key = str(path.resolve())
         if key in done:
@@ -169,10 +207,21 @@ def prepare(
             manifest["slides"].append({**entry, "status": "failed", "error": str(e)})
             _atomic_json(out / "manifest.json", manifest)
             continue
-        entry.update(mpp=reader.mpp, size=list(reader.size), counts={}, skipped={})
+        entry.update(mpp=reader.mpp, size=list(reader.size), counts={}, skipped={}, glass={})
         shards: list[dict] = []
+        near = BackgroundRule(hue_min=tissue.hue_min, sat_min=tissue.sat_min)
         try:
             otsu = OtsuMask(reader) if tissue_method == "otsu" else None
+            glass: dict[int, GlassStats | None] = {}
+            for lv in {*levels, *(lv - 1 for lv in levels if lv > 0)}:
+                glass[lv] = measure_glass(reader, geometry.level_mpp(lv))
+                entry["glass"][str(lv)] = None if glass[lv] is None else glass[lv].to_dict()
+            if any(g is None for g in glass.values()):
+                if fragments is None:
+                    report(f"{path.name}: no glass found to measure; the area beyond the slide "
+                           "stays flat grey (a crop of tissue? see --fragments)")
+                glass = {lv: g or (DEFAULT_GLASS if fragments else None) for lv, g in glass.items()}
+            extent = (reader.size[0] * reader.mpp, reader.size[1] * reader.mpp)  # micrometres
             for lv in levels:
                 mpp = geometry.level_mpp(lv)
                 to_base = mpp / reader.mpp  # baseline pixels per level pixel
@@ -186,22 +235,33 @@ def prepare(
                     for x in xs:
                         bar.update()
                         origin = (round(x * to_base), round(y * to_base))
-                        target = reader.read(origin, t, mpp)
+                        target = read_filled(reader, origin, t, mpp, glass[lv])
+                        if fragments is not None:  # one physical shape for target and window
+                            rng = np.random.default_rng([index, lv, x + (1 << 30), y + (1 << 30)])
+                            shape = FragmentMask.random(rng, fragments)
+                            um = (origin[0] * reader.mpp, origin[1] * reader.mpp)
+                            target = shape.apply(target, um, mpp, glass[lv], rng, extent, fragments)
                         if otsu is not None:
                             keep = otsu.fraction(*origin, round(t * to_base)) >= tissue.min_fraction
                         else:
                             keep = tissue.keeps(target)
-                        if not keep:
-                            n_skipped += 1
-                            continue
                         window = None
                         record = list(origin)
                         if lv > 0:
                             wx, wy = window_origin(geometry, lv, x, y)
                             parent_base = geometry.level_mpp(lv - 1) / reader.mpp
                             w_origin = (round(wx * parent_base), round(wy * parent_base))
-                            window = reader.read(w_origin, t, geometry.level_mpp(lv - 1))
+                            window = read_filled(reader, w_origin, t, geometry.level_mpp(lv - 1),
+                                                 glass[lv - 1])
+                            if fragments is not None:
+                                um = (w_origin[0] * reader.mpp, w_origin[1] * reader.mpp)
+                                window = shape.apply(window, um, geometry.level_mpp(lv - 1),
+                                                     glass[lv - 1], rng, extent, fragments)
                             record += list(w_origin)
+                            keep = keep or has_tissue(window, footprint[lv], near)
+                        if not keep:
+                            n_skipped += 1
+                            continue
                         kept.append((target, window, record))
                         n_kept += 1
                         if len(kept) == shard_size:
