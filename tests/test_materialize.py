@@ -167,24 +167,10 @@ def test_bad_outputs_and_full_disk_give_one_line(small_model, tmp_path, monkeypa
     assert len(TileStore(cache)) == 59 and not (tmp_path / "z.tiff").exists()
 
 
-def test_two_dask_workers_give_the_same_file(small_model, tmp_path):
-    folder = tmp_path / "model"
-    small_model.save(folder)
-    base = ["materialize", "--model", str(folder), "--seed", "4", "--format", "tiff",
-            "--compression", "deflate", "--tiff-tile", "64", "--json"]
-    one = run_cli(*base, "-o", str(tmp_path / "one.tiff"), "--cache", str(tmp_path / "c1"))
-    assert one.returncode == 0, one.stderr
-    two = run_cli(*base, "-o", str(tmp_path / "two.tiff"), "--cache", str(tmp_path / "c2"),
-                  "--workers", "2")
-    assert two.returncode == 0, two.stderr
-    report = json.loads(two.stdout)
-    assert sum(lv["generated"] + lv["background"] for lv in report["levels"].values()) == 59
-    assert (tmp_path / "one.tiff").read_bytes() == (tmp_path / "two.tiff").read_bytes()
-
-
-def test_dask_workers_rebuild_the_overridden_model(small_model, tmp_path):
-    """Workers get the model's reference (config with every override, device policy), not the
-    bare --model string: --sampling-steps on Dask gives the bytes of one process."""
+def test_two_dask_workers_give_the_same_file_of_the_overridden_model(small_model, tmp_path):
+    """Two Dask workers make every tile once and write the bytes of one process; workers get
+    the model's reference (config with every override, device policy), not the bare --model
+    string, so --sampling-steps holds on Dask too."""
     folder = tmp_path / "model"
     small_model.save(folder)
     base = ["materialize", "--model", str(folder), "--seed", "4", "--format", "tiff",
@@ -195,7 +181,9 @@ def test_dask_workers_rebuild_the_overridden_model(small_model, tmp_path):
     two = run_cli(*base, "-o", str(tmp_path / "two.tiff"), "--cache", str(tmp_path / "c2"),
                   "--workers", "2")
     assert two.returncode == 0, two.stderr
-    assert json.loads(two.stdout)["model"] == json.loads(one.stdout)["model"] != small_model.fingerprint
+    report = json.loads(two.stdout)
+    assert report["model"] == json.loads(one.stdout)["model"] != small_model.fingerprint
+    assert sum(lv["generated"] + lv["background"] for lv in report["levels"].values()) == 59
     assert (tmp_path / "one.tiff").read_bytes() == (tmp_path / "two.tiff").read_bytes()
     out = run_cli(*base, "--method", "outpaint", "-o", str(tmp_path / "o.tiff"), "--cache",
                   str(tmp_path / "c3"), "--workers", "2")
