@@ -12,7 +12,13 @@ tile-grid score of the model's and the untrained model's blocks, beside the real
 strongly biased upwards: compare rows of one run (same n), not against published FID-10k.
 
     .venv/bin/python bench/demo_quality.py [--model demo] [--seeds 6] [--block 3] \
+        [--baseline OLD_MODEL] [--untrained none] [--store DIR] \
         [--figure lazyslide/models/demo/samples.png] [--json]
+
+``--baseline`` adds rows for another model (e.g. the previous demo model) measured in the same
+run against the same real patches; ``--store`` keeps generated tiles in a tile store, so a rerun
+(another metric, another figure) does not sample them again. Real patches are the dataset's
+targets with at least the tissue rule's minimum of tissue, as the model's tiles are chosen.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +39,7 @@ from lazyslide.evaluation.consistency import generated_consistency, real_consist
 from lazyslide.evaluation.features import InceptionFeatures
 from lazyslide.evaluation.fid import fid
 from lazyslide.evaluation.samples import level_patches
-from lazyslide.store import MemoryStore
+from lazyslide.store import MemoryStore, TileStore
 from lazyslide.training.dataset import PairDataset
 from lazyslide.training.prepare import prepare
 from lazyslide.wsi import SlideReader, TissueRule
@@ -58,11 +65,11 @@ def colour_stats(images: np.ndarray) -> dict[str, float]:
     }
 
 
-def engine_samples(model: URCDM, seeds: list[int], block: int,
-                   tissue_only: bool) -> tuple[dict[int, list], dict[int, dict]]:
+def engine_samples(model: URCDM, seeds: list[int], block: int, tissue_only: bool,
+                   store: TileStore | MemoryStore | None = None) -> tuple[dict[int, list], dict[int, dict]]:
     """Tiles per level from the lazy engine, chosen as ``lazyslide evaluate`` chooses them, and
     the cross-scale / tile-grid numbers of those blocks (as ``evaluate`` reports them)."""
-    store = MemoryStore()
+    store = MemoryStore() if store is None else store
     slides = [Slide(model, seed, store, make_level0=False) for seed in seeds]
     tiles = {lv: level_patches(slides, lv, block, tissue_only=tissue_only)
              for lv in range(model.geometry.levels)}
@@ -77,8 +84,10 @@ def real_patches(model: URCDM, data: str | None, n: int, seed: int = 0) -> dict[
                 progress=False, report=lambda m: None)
     rng = np.random.default_rng(seed)
     out = {}
+    rule = TissueRule()
     for lv in range(g.levels):
         targets = PairDataset(data, lv).targets
+        targets = targets[[rule.keeps(t) for t in targets]]  # not the glass near tissue
         out[lv] = targets[rng.choice(len(targets), size=min(n, len(targets)), replace=False)]
     return out
 
@@ -100,7 +109,10 @@ def figure(real: dict[int, np.ndarray], fake: dict[int, list], path: Path, k: in
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="demo")
-    p.add_argument("--untrained", default="random:demo", help="reference model (random init)")
+    p.add_argument("--untrained", default="random:demo",
+                   help="reference model (random init), or 'none'")
+    p.add_argument("--baseline", help="another model measured beside it (e.g. the previous one)")
+    p.add_argument("--store", help="tile store folder: generated tiles kept for the next run")
     p.add_argument("--seeds", type=int, default=6)
     p.add_argument("--block", type=int, default=3, help="k x k tiles per level and seed")
     p.add_argument("--data", help="prepared dataset with the model's geometry (default: prepare now)")
@@ -110,14 +122,22 @@ def main() -> None:
 
     t0 = time.perf_counter()
     model = URCDM.from_spec(args.model)
-    untrained = URCDM.from_spec(args.untrained)
-    # Same scale and sampling settings as the model, so only the weights differ.
-    cfg = dict(untrained.config, geometry=model.config["geometry"], sampling=model.config["sampling"])
-    untrained = URCDM(cfg, init_seed=0, source=args.untrained)
+    store = TileStore(args.store) if args.store else None
     seeds = list(range(args.seeds))
-    fake, fake_cons = engine_samples(model, seeds, args.block, tissue_only=True)
+    fake, fake_cons = engine_samples(model, seeds, args.block, tissue_only=True, store=store)
     t_gen = time.perf_counter() - t0
-    ref, ref_cons = engine_samples(untrained, seeds, args.block, tissue_only=False)
+    others, others_cons = {}, {}
+    if args.baseline:
+        base = URCDM.from_spec(args.baseline)
+        others["baseline"], others_cons["baseline"] = engine_samples(
+            base, seeds, args.block, tissue_only=True, store=store)
+    if args.untrained != "none":
+        untrained = URCDM.from_spec(args.untrained)
+        # Same scale and sampling settings as the model, so only the weights differ.
+        cfg = dict(untrained.config, geometry=model.config["geometry"], sampling=model.config["sampling"])
+        untrained = URCDM(cfg, init_seed=0, source=args.untrained)
+        others["untrained"], others_cons["untrained"] = engine_samples(
+            untrained, seeds, args.block, tissue_only=False, store=store)
     real_cons = real_consistency([SlideReader(SVS, None)], model.geometry, 4 * len(seeds), args.block,
                                  np.random.default_rng(1))
     n = max(len(v) for v in fake.values())
@@ -130,7 +150,8 @@ def main() -> None:
         sets = {
             "real": real[lv],
             "model": np.stack(fake[lv]) if fake[lv] else np.zeros((0, t, t, 3), np.uint8),
-            "untrained": np.stack(ref[lv]),
+            **{name: np.stack(v[lv]) if v[lv] else np.zeros((0, t, t, 3), np.uint8)
+               for name, v in others.items()},
             "noise": rng.integers(0, 256, (len(real[lv]), t, t, 3), dtype=np.uint8),
         }
         feats = {k: extract(v) for k, v in sets.items() if len(v) >= 2}
@@ -141,7 +162,9 @@ def main() -> None:
                 row["fid"] = fid(feats["real"], feats[name])
             rows[name] = row
         report["levels"][lv] = rows
-    report["consistency"] = {"model": fake_cons, "untrained": ref_cons, "real": real_cons}
+    report["consistency"] = {"model": fake_cons, **others_cons, "real": real_cons}
+    if args.baseline:
+        report["baseline"] = {"model": args.baseline, "fingerprint": base.fingerprint}
     report["seconds"] = {"generate_model": round(t_gen, 1), "total": round(time.perf_counter() - t0, 1)}
     if args.figure:
         figure(real, fake, Path(args.figure))
@@ -149,7 +172,10 @@ def main() -> None:
     if args.json:
         print(json.dumps(report, indent=1))
         return
+    print("command: .venv/bin/python " + " ".join(sys.argv))
     print(f"model {args.model} ({model.fingerprint}), seeds {args.seeds}, block {args.block}x{args.block}")
+    if args.baseline:
+        print(f"baseline {args.baseline} ({base.fingerprint})")
     cols = ["n", "mean_r", "mean_g", "mean_b", "he_hue_share", "tissue_fraction", "neighbour_corr", "fid"]
     for lv, rows in report["levels"].items():
         print(f"\nlevel {lv} ({model.geometry.level_mpp(lv):.2f} um/px)")
@@ -159,9 +185,9 @@ def main() -> None:
             print(f"{name:10s}" + "".join(f"{v:16.0f}" if c == "n" else f"{v:16.3f}"
                                           for c, v in zip(cols, vals, strict=True)))
         fids = {k: r["fid"] for k, r in rows.items() if "fid" in r}
-        if "model" in fids and "noise" in fids:
-            print(f"FID ratio model/noise {fids['model'] / fids['noise']:.3f}, "
-                  f"model/untrained {fids['model'] / fids['untrained']:.3f}")
+        if "model" in fids:
+            print("FID ratio " + ", ".join(f"model/{k} {fids['model'] / v:.3f}"
+                                           for k, v in fids.items() if k != "model"))
     keys = ["pairs", "tissue_iou", "hallucinated_tissue", "delta_e_tissue", "grid_glass", "grid_tissue"]
     print("\ncross-scale consistency and tile grid (1 = no grid)")
     print(f"{'':16s}" + "".join(f"{c:>20s}" for c in keys))

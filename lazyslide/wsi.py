@@ -6,6 +6,7 @@ patches) and the reader study."""
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +95,7 @@ class GlassStats:
     std: tuple[float, float, float]
     pixels: int
 
-    #: fewer glass pixels than this in the sample: the slide has no glass to measure
+    #: fewer glass pixels than this (or than 5 % of a small sample): no glass to measure
     MIN_PIXELS = 1000
 
     def fill(self, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -113,6 +114,11 @@ def measure_glass(reader: SlideReader, mpp: float, *, grid: int = 4, size: int =
     holds too little glass (a crop of tissue)."""
     k = mpp / reader.mpp  # baseline pixels per pixel
     extent = [v / k for v in reader.size]
+    # regions inside the slide: a slide smaller than ``size`` at this mpp is read once, whole
+    # (reads reaching far beyond a slide are padded at full resolution: slow and useless)
+    size = max(1, min(size, math.ceil(max(extent))))
+    if size >= max(extent):
+        grid = 1
     picked = []
     for gy in range(grid):
         for gx in range(grid):
@@ -124,7 +130,8 @@ def measure_glass(reader: SlideReader, mpp: float, *, grid: int = 4, size: int =
             glass = inside & (hsv[..., 1] < 0.05) & (hsv[..., 2] > 0.8)
             picked.append(rgb[glass].astype(np.float64))
     pixels = np.concatenate(picked)
-    if len(pixels) < GlassStats.MIN_PIXELS:
+    sampled = grid * grid * size * size
+    if len(pixels) < min(GlassStats.MIN_PIXELS, 0.05 * sampled):
         return None
     return GlassStats(tuple(float(v) for v in pixels.mean(0)), tuple(float(v) for v in pixels.std(0)),
                       len(pixels))

@@ -88,6 +88,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from ..conditioning import conditioning
+
     model = load_model(args.model)
     g = model.geometry
     counts = model.param_counts()
@@ -104,6 +106,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             for k, c in enumerate(g.canvases)
         ],
         "sampling": model.config["sampling"],
+        "conditioning": conditioning(model.config),
         "total_params": sum(counts.values()),
     }
     if args.json:
@@ -118,6 +121,7 @@ def cmd_info(args: argparse.Namespace) -> int:
               f"{lv['mpp']} um/px, unets {params}")
     s = model.config["sampling"]
     print(f"sampling     steps {s['steps']}, RePaint resamples {s['resample']}")
+    print(f"conditioning {info['conditioning']}")
     print(f"parameters   {info['total_params'] / 1e6:.2f}M")
     return 0
 

@@ -138,16 +138,17 @@ class GridScore:
 
 
 # -- measuring slides -----------------------------------------------------------------------------
-def generated_consistency(slides: Sequence[Slide], block: int) -> dict[int, dict[str, Any]]:
-    """Per level k >= 1: cross-scale numbers over each slide's ``block_tiles`` block, and the
-    grid score on the canvas region those tiles cover (its seams)."""
+def generated_consistency(slides: Sequence[Slide], block: int,
+                          levels: Sequence[int] | None = None) -> dict[int, dict[str, Any]]:
+    """Per level k >= 1 (of ``levels``, default all): cross-scale numbers over each slide's
+    ``block_tiles`` block, and the grid score on the canvas region those tiles cover (its seams)."""
     from .samples import block_tiles
 
     out: dict[int, dict[str, Any]] = {}
     for slide in slides:
         g = slide.geometry
         for level in slide.levels:
-            if level == 0:
+            if level == 0 or (levels is not None and level not in levels):
                 continue
             cs, gs = out.setdefault(level, {"cross": CrossScale(), "grid": GridScore()}).values()
             tiles = block_tiles(slide, level, block)
