@@ -22,8 +22,12 @@ function createViewer() {
     showNavigator: true,
     navigatorPosition: "BOTTOM_RIGHT",
     navigatorBackground: "#000",
-    // Tiles can take seconds to generate: wait for them, do not hammer the server.
-    timeout: 180000,
+    // Tiles can take seconds to generate, and a view's queue minutes on a CPU (a first 2x view
+    // over level 2 of the demo model: 16 min on 2 cores): wait for them, do not hammer the
+    // server. At 180 s, tiles at the back of the queue failed and the view stayed half upscaled.
+    // A closed tile socket fails its pending tiles at once (TileSocket), so this only waits on
+    // a live server.
+    timeout: 1800000,
     tileRetryMax: 2,
     tileRetryDelay: 4000,
     imageLoaderLimit: 0, // tiles come over one WebSocket (see TileSocket): no connection cap
