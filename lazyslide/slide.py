@@ -203,13 +203,13 @@ class Slide:
         return TileJob(tile, self.seed, known, mask, window, footprint)
 
     def _has_tissue(self, job: TileJob) -> bool:
-        return has_tissue(job.window, self.geometry.footprint_in_window(*job.tile), self.model.background)
+        return has_tissue(job.window, job.footprint, self.model.background)
 
     def _background_tile(self, job: TileJob) -> np.ndarray:
         """No diffusion: the parent upscaled over the footprint, known neighbour pixels kept."""
         t = self.geometry.tile
         up = Image.fromarray(job.window).resize((t, t), Image.Resampling.BICUBIC,
-                                                box=self.geometry.footprint_in_window(*job.tile))
+                                                box=job.footprint)
         pixels = np.array(up)
         pixels[job.mask] = job.known[job.mask]
         return pixels

@@ -124,8 +124,9 @@ def measure_glass(reader: SlideReader, mpp: float, *, grid: int = 4, size: int =
         for gx in range(grid):
             x = round(max(0.0, extent[0] - size) * gx / max(1, grid - 1))
             y = round(max(0.0, extent[1] - size) * gy / max(1, grid - 1))
-            rgb = reader.read((round(x * k), round(y * k)), size, mpp)
-            inside = inside_slide(reader, (round(x * k), round(y * k)), size, mpp)
+            origin = (round(x * k), round(y * k))
+            rgb = reader.read(origin, size, mpp)
+            inside = inside_slide(reader, origin, size, mpp)
             hsv = to_hsv(rgb)
             glass = inside & (hsv[..., 1] < 0.05) & (hsv[..., 2] > 0.8)
             picked.append(rgb[glass].astype(np.float64))

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..conditioning import CONDITIONING
 from ..errors import LazySlideError
 from .common import ints
 
@@ -50,7 +51,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--init", metavar="MODEL",
                        help="fine-tune: start from this model's weights for the unet (a model "
                        "folder or 'demo'); a resumed run continues from its checkpoint")
-    train.add_argument("--conditioning", choices=["window", "window+footprint"],
+    train.add_argument("--conditioning", choices=list(CONDITIONING),
                        help="what level >= 1 unets see of the parent (default: the preset's; "
                        "README, How it works)")
     train.add_argument("--threads", type=int, help="torch CPU threads")

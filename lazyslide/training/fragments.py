@@ -18,11 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..geometry import BACKGROUND_FILL
 from ..wsi import GlassStats
 
 WAVES = 6
 #: Glass for slides that have none to measure: the flat padding grey with a little noise.
-DEFAULT_GLASS = GlassStats((242.0, 242.0, 242.0), (1.5, 1.5, 1.5), 0)
+DEFAULT_GLASS = GlassStats((float(BACKGROUND_FILL),) * 3, (1.5, 1.5, 1.5), 0)
 
 
 @dataclass(frozen=True)

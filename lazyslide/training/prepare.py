@@ -192,6 +192,7 @@ def prepare(
     done = {s["path"] for s in manifest["slides"] if s["status"] == "ok"}
     t = geometry.tile
     footprint = {lv: centred_footprint(t, float(geometry.scale(lv))) for lv in levels if lv > 0}
+    near = BackgroundRule(hue_min=tissue.hue_min, sat_min=tissue.sat_min)  # tissue near a footprint
     for path in map(Path, slides):
         key = str(path.resolve())
         if key in done:
@@ -209,7 +210,6 @@ def prepare(
             continue
         entry.update(mpp=reader.mpp, size=list(reader.size), counts={}, skipped={}, glass={})
         shards: list[dict] = []
-        near = BackgroundRule(hue_min=tissue.hue_min, sat_min=tissue.sat_min)
         try:
             otsu = OtsuMask(reader) if tissue_method == "otsu" else None
             glass: dict[int, GlassStats | None] = {}
