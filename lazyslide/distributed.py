@@ -50,15 +50,17 @@ def _worker_model(ref: ModelRef):
 
 
 def make_tile_task(ref: ModelRef, method: str, seed: int, tile: TileId, deps: list[TileId],
-                   *pixels: np.ndarray) -> tuple[TileId, str, np.ndarray]:
-    """Run on a worker: make ``tile`` from its dependencies' pixels."""
+                   *pixels: np.ndarray) -> tuple[TileId, str, np.ndarray, int]:
+    """Run on a worker: make ``tile`` from its dependencies' pixels. Returns the tile, its kind,
+    its pixels and the network evaluations it took."""
     slide = Slide(_worker_model(ref), seed, MemoryStore(), make_level0=False, method=method)
     # a dependency is a stored tile (array) or another task's result (tile, kind, pixels)
     for d, p in zip(deps, pixels, strict=True):
         slide.store.put(slide.key(TileId(*d)), p[2] if isinstance(p, tuple) else p)
     tile = TileId(*tile)
     kind = slide.make(tile)
-    return tile, kind or "generated", slide.store.get(slide.key(tile))
+    return (tile, kind or "generated", slide.store.get(slide.key(tile)),
+            sum(slide.unet_evaluations.values()))
 
 
 def start_cluster(workers: int):
@@ -108,10 +110,11 @@ def materialize_on(client, ref: ModelRef, slide: Slide, *, show_progress: bool =
                  file=sys.stderr, disable=not show_progress, dynamic_ncols=True, position=st.level)
             for st in stats.levels]
     for fut in as_completed(list(futures.values())):
-        tile, kind, pixels = fut.result()
+        tile, kind, pixels, evaluations = fut.result()
         tile = TileId(*tile)
         store.put(slide.key(tile), pixels)
         st = stats.levels[slide.levels.index(tile.level)]
+        st.unet_evaluations += evaluations
         if kind == "generated":
             st.generated += 1
         else:

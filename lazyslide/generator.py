@@ -8,6 +8,7 @@ tile carries the stored neighbour pixels bit for bit.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ import torch
 from .conditioning import centred_footprint, cond_image, conditioning, resize, to_model_space, to_uint8
 from .geometry import TileId
 from .model import URCDM
+from .networks import Denoiser
 from .sampler import TileNoise, derive_seed
 from .stage import Stage
 
@@ -37,9 +39,25 @@ class TileJob:
     footprint: tuple[float, float, float, float] | None = None
 
 
+def counted(denoiser: Denoiser, evaluations: Counter[int] | None, level: int) -> Denoiser:
+    """``denoiser``, adding the batch size to ``evaluations[level]`` at each call."""
+    if evaluations is None:
+        return denoiser
+
+    def call(x_t: torch.Tensor, log_snr: torch.Tensor, **kwargs) -> torch.Tensor:
+        evaluations[level] += len(x_t)
+        return denoiser(x_t, log_snr, **kwargs)
+
+    return call
+
+
 @torch.no_grad()
-def generate(model: URCDM, jobs: Sequence[TileJob], *, unet_level: int | None = None) -> list[np.ndarray]:
+def generate(model: URCDM, jobs: Sequence[TileJob], *, unet_level: int | None = None,
+             evaluations: Counter[int] | None = None) -> list[np.ndarray]:
     """Generate a batch of tiles of one level; returns uint8 (T, T, 3) arrays.
+
+    ``evaluations[level]`` grows by one per tile per network call (counted where the network is
+    called, so every sampler, resample jump and cascade stage is in it).
 
     ``unet_level`` runs another level's cascade on these tiles (the outpainting baseline makes
     deepest-level tiles with level 0's unconditional unets); by default the tiles' own level.
@@ -73,7 +91,7 @@ def generate(model: URCDM, jobs: Sequence[TileJob], *, unet_level: int | None = 
         stage = Stage.from_config(model.config, index, model.sampling)
         noise = TileNoise([derive_seed("tile", j.seed, *j.tile, index) for j in jobs], device)
         x = stage.run(
-            model.denoiser(unet_level, index),
+            counted(model.denoiser(unet_level, index), evaluations, level),
             noise,
             size,
             lowres=None if x is None else resize(x, size),

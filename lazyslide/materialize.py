@@ -25,6 +25,8 @@ class LevelStats:
     stored_before: int = 0
     generated: int = 0
     background: int = 0
+    #: network evaluations (tiles x unet calls) made for this level's tiles
+    unet_evaluations: int = 0
     seconds: float = 0.0
 
 
@@ -35,6 +37,7 @@ class Stats:
     def to_dict(self) -> dict:
         return {str(s.level): {"tiles": s.tiles, "stored_before": s.stored_before,
                                "generated": s.generated, "background": s.background,
+                               "unet_evaluations": s.unet_evaluations,
                                "seconds": round(s.seconds, 3)} for s in self.levels}
 
 
@@ -58,7 +61,7 @@ def materialize(slide: Slide, *, batch_size: int = 1, show_progress: bool = True
         st.stored_before = len(tiles) - len(todo)
         bar = tqdm(total=len(tiles), initial=st.stored_before, desc=f"level {level}", unit="tile",
                    file=sys.stderr, disable=not show_progress, dynamic_ncols=True)
-        started = time.perf_counter()
+        started, evaluated = time.perf_counter(), slide.unet_evaluations[level]
         for phase in sorted({plan.rank(g, *t) for t in todo}):
             pending = [t for t in todo if plan.rank(g, *t) == phase]
             others = len(pending)  # of the phase's tiles, those another process makes
@@ -79,6 +82,7 @@ def materialize(slide: Slide, *, batch_size: int = 1, show_progress: bool = True
                     slide.wait_for(pending[0])
             bar.update(others)
         st.seconds = time.perf_counter() - started
+        st.unet_evaluations = slide.unet_evaluations[level] - evaluated
         bar.close()
         stats.levels.append(st)
     return stats

@@ -132,32 +132,85 @@ def timesteps(schedule: Callable[[Tensor], Tensor], steps: int,
 
 
 # -- step functions: one reverse step x_t -> x_s of one sampler family ---------------------------
+Prev = tuple[Tensor, Tensor]  # a multistep solver's memory: (x0 prediction, log SNR) of the last step
+
+
 class Step(Protocol):
     def __call__(self, model: X0Model, x: Tensor, log_snr_t: Tensor, log_snr_s: Tensor,
-                 noise: Callable[[], Tensor], *, threshold: float, last: bool) -> Tensor: ...
+                 noise: Callable[[], Tensor], *, threshold: float, last: bool,
+                 prev: Prev | None) -> tuple[Tensor, Tensor]: ...
+
+
+def _predict_x0(model: X0Model, x: Tensor, log_snr: Tensor, threshold: float) -> Tensor:
+    return dynamic_threshold(model(x, log_snr.expand(len(x))), threshold)
 
 
 def ancestral_step(model: X0Model, x: Tensor, log_snr_t: Tensor, log_snr_s: Tensor,
-                   noise: Callable[[], Tensor], *, threshold: float, last: bool) -> Tensor:
+                   noise: Callable[[], Tensor], *, threshold: float, last: bool,
+                   prev: Prev | None = None) -> tuple[Tensor, Tensor]:
     """DDPM's ancestral step: x_s ~ q(x_s | x_t, x0 = model(x_t)), the mean at the last step."""
-    x0 = dynamic_threshold(model(x, log_snr_t.expand(len(x))), threshold)
+    x0 = _predict_x0(model, x, log_snr_t, threshold)
     mean, var = posterior(x0, x, log_snr_t, log_snr_s)
-    return mean if last else mean + var.sqrt() * noise()
+    return (mean if last else mean + var.sqrt() * noise()), x0
+
+
+def ddim_step(model: X0Model, x: Tensor, log_snr_t: Tensor, log_snr_s: Tensor,
+              noise: Callable[[], Tensor], *, threshold: float, last: bool,
+              prev: Prev | None = None, eta: float = 0.0) -> tuple[Tensor, Tensor]:
+    """DDIM (Song et al. 2021, eq. 12): x_s = a_s x0 + sqrt(sigma_s^2 - v) eps + sqrt(v) z with
+    v = eta^2 x the posterior variance. eta = 0 is deterministic (k-diffusion's Euler step in
+    sigma = sigma_t / a_t); eta = 1 is ``ancestral_step`` exactly (no noise at the last step).
+    Registered at eta = 0; another eta is ``functools.partial(ddim_step, eta=...)``."""
+    x0 = _predict_x0(model, x, log_snr_t, threshold)
+    a_t, sig_t = alpha_sigma(log_snr_t)
+    a_s, sig_s = alpha_sigma(log_snr_s)
+    eps = (x - a_t * x0) / sig_t
+    if eta == 0:
+        return a_s * x0 + sig_s * eps, x0
+    var = eta**2 * sig_s**2 * -torch.expm1(log_snr_t - log_snr_s)
+    mean = a_s * x0 + torch.sqrt((sig_s**2 - var).clamp(min=0)) * eps
+    return (mean if last else mean + var.sqrt() * noise()), x0
+
+
+def dpmpp_2m_step(model: X0Model, x: Tensor, log_snr_t: Tensor, log_snr_s: Tensor,
+                  noise: Callable[[], Tensor], *, threshold: float, last: bool,
+                  prev: Prev | None = None) -> tuple[Tensor, Tensor]:
+    """DPM-Solver++(2M) (Lu et al. 2022, alg. 2) in lambda = log(a / sigma) = log_snr / 2, over
+    data (x0) predictions: first order (= DDIM) without ``prev``, else the multistep second-order
+    correction from the previous step's x0. Deterministic; as diffusers' and k-diffusion's."""
+    x0 = _predict_x0(model, x, log_snr_t, threshold)
+    a_s, sig_s = alpha_sigma(log_snr_s)
+    _, sig_t = alpha_sigma(log_snr_t)
+    h = (log_snr_s - log_snr_t) / 2
+    d = x0
+    if prev is not None:
+        x0_prev, log_snr_prev = prev
+        r = (log_snr_t - log_snr_prev) / 2 / h
+        d = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * x0_prev
+    return sig_s / sig_t * x - a_s * torch.expm1(-h) * d, x0
 
 
 @dataclass(frozen=True)
 class Sampler:
-    """A registered sampler family: its step function and the version its fingerprint carries
-    (bump it when the same settings would give other pixels)."""
+    """A registered sampler family: its step function, the version its fingerprint carries (bump
+    it when the same settings would give other pixels), and whether its step uses ``prev``."""
 
     step: Step
     version: str
+    multistep: bool = False
 
 
 #: The sampler families, by the name a model config and ``--sampler`` use.
 SAMPLERS: dict[str, Sampler] = {
     "ancestral": Sampler(ancestral_step, version="1"),
+    "ddim": Sampler(ddim_step, version="1"),
+    "dpmpp-2m": Sampler(dpmpp_2m_step, version="1", multistep=True),
 }
+
+#: Below this many steps a multistep solver takes its last step at first order (diffusers'
+#: ``lower_order_final``: the second-order correction over the last, widest lambda interval is
+#: unstable with few steps).
+LOWER_ORDER_FINAL_BELOW = 15
 
 #: How known pixels enter a sample: "repaint" replaces them after every step, with resample
 #: jumps (the paper's method). Room for trained inpainting (known pixels as conditioning).
@@ -207,19 +260,23 @@ def sample(
         return torch.where(mask, target, x)
 
     x = replace_known(noise(shape), lsnr[0], exact=False)
+    prev: Prev | None = None  # the last step's x0 (multistep solvers); repeats of a step reuse it
     for i in range(steps):
         l_t, l_s, last = lsnr[i], lsnr[i + 1], i == steps - 1
         settled = None  # the step's result for samples that do not inpaint (their only pass)
+        memory = None if last and steps < LOWER_ORDER_FINAL_BELOW else prev
         for r in range(repeats):
             active = None if r == 0 else inpaint
-            x_s = step(model, x, l_t, l_s, lambda a=active: noise(shape, only=a),
-                       threshold=threshold, last=last)
+            x_s, x0 = step(model, x, l_t, l_s, lambda a=active: noise(shape, only=a),
+                           threshold=threshold, last=last, prev=memory)
             x_s = replace_known(x_s, l_s, exact=last)
             if settled is None:
-                settled = x_s
+                settled, settled_x0 = x_s, x0
             else:
                 x_s = torch.where(keep_first, settled, x_s)
+                x0 = torch.where(keep_first, settled_x0, x0)
             x = renoise(x_s, l_s, l_t, noise(shape, only=inpaint)) if r < repeats - 1 else x_s
+        prev = (x0, l_t)
     x = x.clamp(-1, 1)
     return replace_known(x, lsnr[-1], exact=True)
 

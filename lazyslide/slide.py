@@ -56,6 +56,8 @@ class Slide:
         #: tiles this object generated (diffusion) and filled as background, per level
         self.generated: Counter[int] = Counter()
         self.background: Counter[int] = Counter()
+        #: network evaluations (tiles x unet calls) this object made, per level of the tile
+        self.unet_evaluations: Counter[int] = Counter()
         self._locks: dict[TileId, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._model_lock = threading.Lock()  # one generation at a time on the model's device
@@ -173,8 +175,8 @@ class Slide:
         made = iter(())
         if diffuse:
             with self._model_lock:
-                made = iter(generate(self.model, diffuse,
-                                     unet_level=self.method.unet_level))
+                made = iter(generate(self.model, diffuse, unet_level=self.method.unet_level,
+                                     evaluations=self.unet_evaluations))
         kinds = []
         for job, bg in zip(jobs, background, strict=True):
             pixels = self._background_tile(job) if bg else next(made)

@@ -37,9 +37,14 @@ def test_tile_json_counts_generations_per_level(tmp_path):
     assert set(report["generated_tiles"]) == {"0", "1", "2"}
     assert report["generated_tiles"]["0"] == 1 and report["generated_tiles"]["2"] >= 1
     assert report["seconds"] > 0
+    # network evaluations (test preset: steps 4,2,2 with 2 RePaint resamples each): the level-0
+    # tile inpaints nothing (8 per tile), inpainted tiles up to 16
+    evals, made = report["unet_evaluations"], report["generated_tiles"]
+    assert evals["0"] == 8 and 8 * made["2"] < evals["2"] <= 16 * made["2"]
     assert np.asarray(Image.open(out)).shape == (32, 32, 3)
     again = json.loads(cli(*args).stdout)  # warm store, new process: nothing generated
     assert again["generated_tiles"] == {"0": 0, "1": 0, "2": 0}
+    assert again["unet_evaluations"] == {"0": 0, "1": 0, "2": 0}
 
 
 def test_errors_are_one_line_with_exit_code_2(tmp_path):
@@ -85,8 +90,35 @@ def test_sampling_steps_override(tmp_path):
     fast1 = tile("f1.png", "--sampling-steps", "1,1,1")
     assert np.array_equal(fast1, tile("f2.png", "--sampling-steps", "1,1,1"))
     assert not np.array_equal(fast1, tile("default.png"))
+    ddim = tile("d1.png", "--sampler", "ddim", "--sampling-steps", "1,1,1")  # deterministic solver
+    assert np.array_equal(ddim, tile("d2.png", "--sampler", "ddim", "--sampling-steps", "1,1,1"))
+    assert not np.array_equal(ddim, fast1)
     bad = (("1,1", "needs 3 integers"), ("0,1,1", "integers >= 1"), ("a,1,1", "must be integers"))
     for steps, msg in bad:
         r = cli("tile", "--model", "random:test", "--level", "0", "--col", "0", "--row", "0",
                 "-o", str(tmp_path / "x.png"), "--sampling-steps", steps)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_sampling_options_make_another_model():
+    """--sampler, --sampling-steps, --resample (one for all stages or one per stage) on the same
+    weights; wrong counts fail with the option's name."""
+    import argparse
+
+    import pytest
+
+    from lazyslide.cli.common import load_model
+    from lazyslide.errors import LazySlideError
+
+    def load(**kw):
+        ns = argparse.Namespace(**{"sampler": None, "sampling_steps": None, "resample": None, **kw})
+        return load_model("random:test", "cpu", ns)
+
+    base = load()
+    fast = load(sampler="dpmpp-2m", sampling_steps="3,2,2", resample="1")
+    assert fast.sampling.sampler == "dpmpp-2m" and fast.sampling.resample == (1, 1, 1)
+    assert fast.sampling.steps == (3, 2, 2) and fast.fingerprint != base.fingerprint
+    assert load(resample="3,1,1").sampling.resample == (3, 1, 1)
+    for bad, msg in (("1,1", "--resample needs 1 or 3"), ("0", "integers >= 1"), ("x", "--resample must be")):
+        with pytest.raises(LazySlideError, match=msg):
+            load(resample=bad)

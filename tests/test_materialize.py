@@ -184,6 +184,10 @@ def test_two_dask_workers_give_the_same_file_of_the_overridden_model(small_model
     report = json.loads(two.stdout)
     assert report["model"] == json.loads(one.stdout)["model"] != small_model.fingerprint
     assert sum(lv["generated"] + lv["background"] for lv in report["levels"].values()) == 59
+    # network evaluations are counted on the workers too: the same tiles, the same count
+    evaluations = {lv: r["unet_evaluations"] for lv, r in report["levels"].items()}
+    assert evaluations == {lv: r["unet_evaluations"] for lv, r in json.loads(one.stdout)["levels"].items()}
+    assert evaluations["0"] == 3 * report["levels"]["0"]["generated"]  # 1 step x 3 stages, no inpainting
     assert (tmp_path / "one.tiff").read_bytes() == (tmp_path / "two.tiff").read_bytes()
     out = run_cli(*base, "--method", "outpaint", "-o", str(tmp_path / "o.tiff"), "--cache",
                   str(tmp_path / "c3"), "--workers", "2")

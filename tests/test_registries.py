@@ -24,7 +24,7 @@ def choices(command: str, option: str) -> list[str]:
 
 def test_the_cli_offers_what_the_registries_hold(monkeypatch):
     assert choices("materialize", "--format") == list(EXPORTERS)
-    for command in ("tile", "serve", "materialize"):
+    for command in ("tile", "serve", "materialize", "evaluate"):
         assert choices(command, "--sampler") == list(SAMPLERS)
     for command in ("tile", "materialize", "evaluate"):
         assert choices(command, "--method") == list(METHODS)

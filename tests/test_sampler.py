@@ -5,13 +5,18 @@ import torch
 
 from lazyslide._imagen import imagen
 from lazyslide.sampler import (
+    SAMPLERS,
     TileNoise,
     alpha_sigma,
+    ancestral_step,
     cosine_log_snr,
+    ddim_step,
+    dpmpp_2m_step,
     linear_log_snr,
     q_sample,
     renoise,
     sample,
+    timesteps,
 )
 
 N = 200_000
@@ -65,22 +70,24 @@ def toy_model(x, log_snr):
     return torch.tanh(x.roll(1, dims=-1) * 0.7 + 0.1)
 
 
-def test_known_pixels_are_preserved_exactly():
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_known_pixels_are_preserved_exactly(sampler):
     shape = (3, 16, 16)
     known = torch.rand(2, *shape) * 2 - 1
     mask = torch.zeros(2, 1, 16, 16, dtype=torch.bool)
     mask[..., :4, :] = True
     mask[1, ..., :, -2:] = True
     out = sample(toy_model, shape, TileNoise([1, 2]), log_snr=cosine_log_snr, steps=6,
-                 known=known, mask=mask, resample=3)
+                 known=known, mask=mask, resample=3, step=SAMPLERS[sampler].step)
     m = mask.expand_as(out)
     assert torch.equal(out[m], known[m])
     assert not torch.equal(out[~m], known[~m])
 
 
-def test_noise_is_per_tile_and_reproducible():
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_noise_is_per_tile_and_reproducible(sampler):
     shape = (3, 8, 8)
-    kw = dict(log_snr=cosine_log_snr, steps=4)
+    kw = dict(log_snr=cosine_log_snr, steps=4, step=SAMPLERS[sampler].step)
     a = sample(toy_model, shape, TileNoise([7, 8]), **kw)
     b = sample(toy_model, shape, TileNoise([9, 7]), **kw)
     torch.manual_seed(123)  # the global RNG must not matter
@@ -89,20 +96,64 @@ def test_noise_is_per_tile_and_reproducible():
     assert not torch.equal(a[0], a[1])
 
 
-def test_inpainting_is_decided_per_sample():
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_inpainting_is_decided_per_sample(sampler):
     """A sample without known pixels batched with inpainting ones draws exactly its own random
     numbers: with a batch-invariant model its result equals the one it gets alone."""
     shape = (3, 8, 8)
     known = torch.rand(2, *shape) * 2 - 1
     mask = torch.zeros(2, 1, 8, 8, dtype=torch.bool)
     mask[1, ..., :3, :] = True  # sample 0 knows nothing, sample 1 a strip
-    kw = dict(log_snr=cosine_log_snr, steps=5, resample=3)
+    kw = dict(log_snr=cosine_log_snr, steps=5, resample=3, step=SAMPLERS[sampler].step)
     mixed = sample(toy_model, shape, TileNoise([3, 4]), known=known, mask=mask, **kw)
     alone0 = sample(toy_model, shape, TileNoise([3]), known=known[:1], mask=mask[:1], **kw)
     alone1 = sample(toy_model, shape, TileNoise([4]), known=known[1:], mask=mask[1:], **kw)
     assert torch.equal(mixed[0], alone0[0]) and torch.equal(mixed[1], alone1[0])
     nothing = sample(toy_model, shape, TileNoise([3]), **kw)  # no known pixels at all
     assert torch.equal(alone0[0], nothing[0])
+
+
+def diffusers_dpmpp(model, x, log_snr, order: int) -> torch.Tensor:
+    """diffusers' DPM-Solver++ multistep scheduler run on ``model`` (an x0 predictor) over our
+    log-SNR grid: its sigmas are set to sigma / alpha = exp(-log_snr / 2), the only schedule
+    values its update reads (step index -> sigma -> alpha, sigma, lambda)."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    steps = len(log_snr) - 1
+    sched = DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=order,
+                                        prediction_type="sample", final_sigmas_type="sigma_min")
+    sched.set_timesteps(steps)
+    sched.sigmas = torch.exp(-log_snr.double() / 2).float()
+    for i, t in enumerate(sched.timesteps):
+        x = sched.step(model(x, log_snr[i].expand(len(x))), t, x).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("steps", [6, 20])  # below and above diffusers' lower_order_final (15)
+@pytest.mark.parametrize(("step", "order"), [(dpmpp_2m_step, 2), (ddim_step, 1)])
+def test_fast_solvers_match_diffusers(step, order, steps):
+    """DPM-Solver++(2M) equals diffusers' (same model callable, schedule and first noise);
+    deterministic DDIM equals its first-order member (Lu et al. 2022: DPM-Solver++(1) = DDIM)."""
+    shape = (3, 8, 8)
+    ours = sample(toy_model, shape, TileNoise([5, 6]), log_snr=cosine_log_snr, steps=steps,
+                  step=step, threshold=1.0)
+    ref = diffusers_dpmpp(toy_model, TileNoise([5, 6])(shape), timesteps(cosine_log_snr, steps), order)
+    assert torch.allclose(ours, ref.clamp(-1, 1), atol=1e-5)
+    if order == 2:  # the second-order correction is in play
+        first = sample(toy_model, shape, TileNoise([5, 6]), log_snr=cosine_log_snr, steps=steps,
+                       step=ddim_step, threshold=1.0)
+        assert (ours - first).abs().max() > 1e-3
+
+
+def test_ddim_eta_one_is_ancestral():
+    """DDIM with eta = 1 is DDPM's ancestral sampler, random numbers included."""
+    from functools import partial
+
+    shape = (3, 8, 8)
+    kw = dict(log_snr=cosine_log_snr, steps=7, threshold=0.95)
+    a = sample(toy_model, shape, TileNoise([11]), step=ancestral_step, **kw)
+    d = sample(toy_model, shape, TileNoise([11]), step=partial(ddim_step, eta=1.0), **kw)
+    assert torch.allclose(a, d, atol=1e-5)
 
 
 def test_sampling_config_keeps_old_fingerprints():

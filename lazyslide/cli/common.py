@@ -14,12 +14,16 @@ STEPS_HELP = ("sampling steps per cascade stage, e.g. 16,8,8 (default: the model
 
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
-    """--sampler and --sampling-steps: the same weights sampled otherwise (another fingerprint)."""
+    """--sampler, --sampling-steps, --resample: the same weights sampled otherwise (another
+    fingerprint, so the tiles are stored apart)."""
     from ..sampler import SAMPLERS
 
     parser.add_argument("--sampler", choices=list(SAMPLERS),
                         help="sampler family (default: the model's)")
     parser.add_argument("--sampling-steps", help=STEPS_HELP)
+    parser.add_argument("--resample", help="RePaint resamples of an inpainted tile's steps, one "
+                        "for every cascade stage or one per stage, e.g. 1 or 3,2,2 (default: the "
+                        "model's)")
 
 
 def add_method_option(parser: argparse.ArgumentParser) -> None:
@@ -29,9 +33,9 @@ def add_method_option(parser: argparse.ArgumentParser) -> None:
                         help="; ".join(f"{k}: {m.description}" for k, m in METHODS.items()))
 
 
-def load_model(spec: str, device: str | None = None, sampling_steps: str | None = None,
-               sampler: str | None = None):
-    """The model of ``spec`` on ``device``, with the command line's sampling overrides."""
+def load_model(spec: str, device: str | None = None, sampling: argparse.Namespace | None = None):
+    """The model of ``spec`` on ``device``, with the sampling overrides of ``sampling`` (the
+    parsed --sampler, --sampling-steps, --resample of ``add_sampling_options``)."""
     import torch
 
     from ..model import URCDM
@@ -43,13 +47,21 @@ def load_model(spec: str, device: str | None = None, sampling_steps: str | None 
     except (RuntimeError, AssertionError) as e:
         raise LazySlideError(f"device {device!r} is not usable here: {str(e).splitlines()[0]}") from None
     model = URCDM.from_spec(spec).to(device)
+    stages = len(model.sampling.steps)
     overrides: dict = {}
-    if sampling_steps:
-        steps = ints(sampling_steps, "--sampling-steps")
-        if len(steps) != len(model.sampling.steps):
-            raise LazySlideError(f"--sampling-steps needs {len(model.sampling.steps)} "
-                                 f"integers (one per cascade stage), got {sampling_steps!r}")
-        overrides["steps"] = steps
+    steps, resample, sampler = (getattr(sampling, k, None) for k in ("sampling_steps", "resample", "sampler"))
+    if steps:
+        values = ints(steps, "--sampling-steps")
+        if len(values) != stages:
+            raise LazySlideError(f"--sampling-steps needs {stages} integers (one per cascade "
+                                 f"stage), got {steps!r}")
+        overrides["steps"] = values
+    if resample:
+        values = ints(resample, "--resample")
+        if len(values) not in (1, stages):
+            raise LazySlideError(f"--resample needs 1 or {stages} integers (one per cascade "
+                                 f"stage), got {resample!r}")
+        overrides["resample"] = values * stages if len(values) == 1 else values
     if sampler:
         overrides["sampler"] = sampler
     return model.with_sampling(**overrides) if overrides else model

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import LazySlideError
-from .common import MODEL_HELP, add_method_option, load_model, open_store
+from .common import MODEL_HELP, add_method_option, add_sampling_options, load_model, open_store
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -20,6 +20,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--block", type=int, default=3,
                     help="generated tiles per level and seed: a BLOCK x BLOCK block (default 3)")
     add_method_option(ev)
+    add_sampling_options(ev)
     ev.add_argument("--slide-mpp", type=float, help="mpp for real slides whose files do not say")
     ev.add_argument("-o", "--output", required=True, help="report folder")
     ev.add_argument("--cache", help="tile store folder (default ~/.cache/lazyslide)")
@@ -52,7 +53,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     missing = [s for s in args.real if not Path(s).exists()]
     if missing:
         raise LazySlideError(f"real slide {missing[0]}: no such file")
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, args)
     report = evaluate(model, args.real, args.output, seeds=parse_seeds(args.seeds), n=args.n,
                       pfid_n=args.pfid_n, block=args.block, method=args.method,
                       store=open_store(args.cache), slide_mpp=args.slide_mpp, progress=not args.json)

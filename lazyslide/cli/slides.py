@@ -120,7 +120,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"level {lv['level']}      {lv['canvas']}^2 px, {lv['grid']}x{lv['grid']} tiles, "
               f"{lv['mpp']} um/px, unets {params}")
     s = model.config["sampling"]
-    print(f"sampling     steps {s['steps']}, RePaint resamples {s['resample']}")
+    print(f"sampling     {model.sampling.sampler}, steps {s['steps']}, RePaint resamples "
+          f"{s['resample']}")
     print(f"conditioning {info['conditioning']}")
     print(f"parameters   {info['total_params'] / 1e6:.2f}M")
     return 0
@@ -133,7 +134,7 @@ def cmd_tile(args: argparse.Namespace) -> int:
     from ..slide import Slide
 
     started = time.perf_counter()
-    model = load_model(args.model, args.device, args.sampling_steps, args.sampler)
+    model = load_model(args.model, args.device, args)
     model.geometry.check_tile(args.level, args.col, args.row)
     out = Path(args.output)
     if not out.parent.is_dir():
@@ -162,6 +163,8 @@ def cmd_tile(args: argparse.Namespace) -> int:
         "tile": dict(zip(("level", "col", "row"), tile, strict=True)),
         "generated_tiles": {str(k): slide.generated[k] for k in levels},
         "background_tiles": {str(k): slide.background[k] for k in levels},
+        "unet_evaluations": {str(k): slide.unet_evaluations[k] for k in levels},
+        "sampling": model.config["sampling"],
         "seconds": round(time.perf_counter() - started, 3),
     }
     if args.json:
@@ -207,7 +210,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     spec = args.model or default_spec()
     if not 0 < args.port < 65536:
         raise LazySlideError(f"--port must be in 1..65535, got {args.port}")
-    model = load_model(spec, args.device, args.sampling_steps, args.sampler)
+    model = load_model(spec, args.device, args)
     bar = Bar(f"opening slide {args.seed}")
     bar.start(len(model.geometry.tiles(0)))
     try:
@@ -241,7 +244,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         check_export(target, args.format, **options)
     if args.batch_size < 1:
         raise LazySlideError(f"--batch-size must be >= 1, got {args.batch_size}")
-    model = load_model(args.model, args.device, args.sampling_steps, args.sampler)
+    model = load_model(args.model, args.device, args)
     store = open_store(args.cache)
     client = None
     if args.workers or args.scheduler:
