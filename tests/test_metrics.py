@@ -29,6 +29,16 @@ def test_fid_equals_torchmetrics_on_the_same_features():
     assert fid(real, fake) == pytest.approx(reference, rel=1e-3)
 
 
+def test_fid_with_fewer_samples_than_dimensions_is_the_same_number():
+    """The low-rank form (nuclear norm of A B') equals sqrtm of the singular 2048^2 product."""
+    from lazyslide.evaluation.fid import feature_stats
+
+    rng = np.random.default_rng(2)
+    real, fake = rng.normal(size=(36, 256)), rng.normal(0.2, 1.3, size=(31, 256))
+    assert fid(real, fake) == pytest.approx(frechet_distance(*feature_stats(real), *feature_stats(fake)),
+                                            rel=1e-6)
+
+
 def test_frechet_distance_of_diagonal_gaussians_is_analytic():
     mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
     s1, s2 = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 1.0])

@@ -23,5 +23,18 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
 
 def fid(real: np.ndarray, fake: np.ndarray) -> float:
-    """FID of two feature arrays (N, D)."""
-    return frechet_distance(*feature_stats(real), *feature_stats(fake))
+    """FID of two feature arrays (N, D).
+
+    With fewer samples than dimensions (a few dozen 2048-d Inception features, as on a CPU) the
+    covariances have rank < N and ``sqrtm`` of their 2048^2 product is slow (seconds) and
+    inaccurate ("matrix is singular"). The same number exactly: with S1 = A'A, S2 = B'B (A, B
+    the centred features over sqrt(N - 1)), tr sqrt(S1 S2) is the nuclear norm of A B' (N1 x N2).
+    """
+    a, b = (np.asarray(f, dtype=np.float64) for f in (real, fake))
+    if min(len(a), len(b)) < 2 or max(len(a), len(b)) > a.shape[1]:
+        return frechet_distance(*feature_stats(a), *feature_stats(b))
+    mu1, mu2 = a.mean(axis=0), b.mean(axis=0)
+    ca, cb = (a - mu1) / np.sqrt(len(a) - 1), (b - mu2) / np.sqrt(len(b) - 1)
+    diff = mu1 - mu2
+    trace_covmean = np.linalg.svd(ca @ cb.T, compute_uv=False).sum()
+    return float(diff.dot(diff) + (ca * ca).sum() + (cb * cb).sum() - 2 * trace_covmean)
