@@ -132,11 +132,15 @@ def test_assemble_load_and_sample(runs, tmp_path):
     assert main(["assemble", *map(str, runs), "-o", str(tmp_path / "m2")]) == 2  # exists
     # sampling steps and the background threshold are the model's, set at assembly
     assert main(["assemble", *map(str, runs), "-o", str(tmp_path / "m3"), "--sampling-steps", "4,2,2",
-                 "--background-sat", "0.08"]) == 0
+                 "--sampler", "dpmpp-2m", "--resample", "1", "--background-sat", "0.08"]) == 0
     tuned = URCDM.load(tmp_path / "m3")
     assert tuned.config["sampling"]["steps"] == [4, 2, 2] and tuned.background.sat_min == 0.08
+    assert tuned.sampling.sampler == "dpmpp-2m" and tuned.sampling.resample == (1, 1, 1)
     assert tuned.fingerprint != loaded.fingerprint  # so its tiles never mix with the others'
     assert main(["assemble", *map(str, runs), "-o", str(tmp_path / "m4"), "--background-sat", "2"]) == 2
+    assert main(["assemble", *map(str, runs), "-o", str(tmp_path / "m4"), "--resample", "1,1"]) == 2
+    with pytest.raises(TrainError, match="integers >= 1"):
+        assemble(runs, tmp_path / "m4", sampling={"steps": [0, 1, 1]})
     assert not (tmp_path / "m4").exists()
 
 

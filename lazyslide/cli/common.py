@@ -47,7 +47,13 @@ def load_model(spec: str, device: str | None = None, sampling: argparse.Namespac
     except (RuntimeError, AssertionError) as e:
         raise LazySlideError(f"device {device!r} is not usable here: {str(e).splitlines()[0]}") from None
     model = URCDM.from_spec(spec).to(device)
-    stages = len(model.sampling.steps)
+    overrides = sampling_overrides(sampling, len(model.sampling.steps))
+    return model.with_sampling(**overrides) if overrides else model
+
+
+def sampling_overrides(sampling: argparse.Namespace | None, stages: int) -> dict:
+    """``SamplingConfig`` fields from the parsed options of ``add_sampling_options`` (the ones
+    given), checked for the model's number of cascade stages."""
     overrides: dict = {}
     steps, resample, sampler = (getattr(sampling, k, None) for k in ("sampling_steps", "resample", "sampler"))
     if steps:
@@ -64,7 +70,7 @@ def load_model(spec: str, device: str | None = None, sampling: argparse.Namespac
         overrides["resample"] = values * stages if len(values) == 1 else values
     if sampler:
         overrides["sampler"] = sampler
-    return model.with_sampling(**overrides) if overrides else model
+    return overrides
 
 
 def seed_arg(text: str) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..conditioning import CONDITIONING
 from ..errors import LazySlideError
-from .common import ints
+from .common import add_sampling_options, ints, sampling_overrides
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -63,8 +63,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     asm.add_argument("runs", nargs="+", help="run folders, one per (level, unet)")
     asm.add_argument("-o", "--output", required=True, help="model folder")
     asm.add_argument("--dtype", default="float32", help="float32 (default), float16 or bfloat16")
-    asm.add_argument("--sampling-steps", help="sampling steps per cascade stage, e.g. 16,16,16 "
-                     "(default: the preset's)")
+    add_sampling_options(asm)  # the model's default sampling (default: the preset's)
     asm.add_argument("--background-sat", type=float,
                      help="saturation above which the background rule sees tissue (default: the "
                      "paper's 0.02; raise it when generated glass is tinted above that)")
@@ -148,9 +147,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_assemble(args: argparse.Namespace) -> int:
     from ..training.assemble import assemble, describe
+    from ..training.trainer import run_summary
 
-    steps = ints(args.sampling_steps, "--sampling-steps") if args.sampling_steps else None
-    model = assemble(args.runs, args.output, dtype=args.dtype, overwrite=args.overwrite, steps=steps,
-                     background_sat=args.background_sat)
+    stages = len(run_summary(args.runs[0])["model"]["sampling"]["steps"]) if args.runs else 0
+    model = assemble(args.runs, args.output, dtype=args.dtype, overwrite=args.overwrite,
+                     sampling=sampling_overrides(args, stages), background_sat=args.background_sat)
     print(f"{describe(args.output)}; fingerprint {model.fingerprint}")
     return 0

@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file
 
+from ..errors import ModelError
 from ..model import URCDM, default_config
+from ..sampler import SamplingConfig
 from .trainer import TrainError, run_summary
 
 
 def assemble(runs: Sequence[str | Path], out: str | Path, *, dtype: str = "float32",
-             overwrite: bool = False, steps: Sequence[int] | None = None,
+             overwrite: bool = False, sampling: Mapping[str, Any] | None = None,
              background_sat: float | None = None) -> URCDM:
     """Build a model folder from one run per (level, unet); all must share one model config.
 
     ``dtype="float16"`` halves the files (the bundled demo model); weights load back into
-    float32 unets. ``steps`` overrides the sampling steps per cascade stage.
+    float32 unets. ``sampling`` overrides the preset's default sampling: ``SamplingConfig`` fields
+    (steps, resample, sampler, ...).
     ``background_sat`` overrides the background rule's saturation threshold: the paper's 0.02
     suits real glass, but a briefly trained model's generated glass can be tinted above it,
     and then no tile is ever skipped as background.
@@ -68,11 +71,11 @@ def assemble(runs: Sequence[str | Path], out: str | Path, *, dtype: str = "float
         for (lv, st), (path, s) in sorted(by_unet.items())
     }
     config["dtype"] = dtype
-    if steps is not None:
-        if len(steps) != len(config["sampling"]["steps"]) or min(steps) < 1:
-            raise TrainError(f"--sampling-steps needs {len(config['sampling']['steps'])} positive "
-                             f"integers, got {list(steps)}")
-        config["sampling"]["steps"] = [int(v) for v in steps]
+    if sampling:
+        try:
+            config["sampling"] = SamplingConfig.from_dict({**config["sampling"], **sampling}).to_dict()
+        except ModelError as e:
+            raise TrainError(str(e)) from None
     if background_sat is not None:
         if not 0 <= background_sat <= 1:
             raise TrainError(f"--background-sat must be in [0, 1], got {background_sat}")
