@@ -1,0 +1,152 @@
+"""Benchmark: what does each way of sampling a tile cost, and what does it give?
+
+Rows: one model sampled several ways (sampler family x steps per cascade stage x RePaint
+resamples), the model's own setting first as the baseline, all in this run. For each row the
+lazy engine makes the tiles ``bench/demo_quality.py`` measures (per seed the level-0 overview
+and a block of level-1 and level-2 tiles around the slide's tissue, with every dependency), and
+the table gives:
+
+- evaluations per inpainted tile: network calls a tile with known pixels costs, sum over the
+  cascade of steps x resamples (the wrapper's arithmetic; the measured mean per generated tile,
+  counted at the network call, is beside it: tiles without known pixels take one pass);
+- seconds per generated tile at levels 1-2 on this machine;
+- seam score over the inpainted tiles (``lazyslide.evaluation.seams``; 1 = invisible);
+- FID at levels 1 and 2 to real patches at the same um/px (demo_quality's protocol and real
+  patches, the same n in every row).
+
+Rows that cost fewer evaluations than the baseline at no worse FID (both levels) and seam score
+are marked with *. Each row is another fingerprint, so with ``--store`` its tiles are kept apart
+and a rerun reuses them (a row whose tiles were all stored shows nan seconds and ratios: time
+with a fresh store).
+
+    .venv/bin/python bench/sampling.py [--model demo] [--seeds 4] [--block 3] \\
+        [--data data/demo-dataset] [--store DIR] [--baseline ancestral:64,32,32:3] \\
+        [--row ddim:16,16,16:1 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from demo_quality import real_patches  # noqa: E402
+
+from lazyslide import URCDM, Slide  # noqa: E402
+from lazyslide.evaluation.features import InceptionFeatures  # noqa: E402
+from lazyslide.evaluation.fid import fid  # noqa: E402
+from lazyslide.evaluation.samples import block_tiles  # noqa: E402
+from lazyslide.evaluation.seams import known_mask, seam_score  # noqa: E402
+from lazyslide.geometry import TileId  # noqa: E402
+from lazyslide.store import MemoryStore, TileStore  # noqa: E402
+from lazyslide.wsi import TissueRule  # noqa: E402
+
+DEFAULT_ROWS = ["ddim:16,16,16:1", "dpmpp-2m:16,16,16:1", "dpmpp-2m:8,8,8:1", "dpmpp-2m:16,16,16:2"]
+
+
+def parse_row(text: str, stages: int) -> dict:
+    """SAMPLER:STEPS:RESAMPLE, e.g. dpmpp-2m:16,16,16:1 (one resample value: every stage)."""
+    try:
+        sampler, steps, resample = text.split(":")
+        steps_ = [int(v) for v in steps.split(",")]
+        resample_ = [int(v) for v in resample.split(",")]
+    except ValueError:
+        raise SystemExit(f"--row {text!r}: expected SAMPLER:STEPS:RESAMPLE, "
+                         "e.g. dpmpp-2m:16,16,16:1") from None
+    if len(resample_) == 1:
+        resample_ *= stages
+    return {"sampler": sampler, "steps": steps_, "resample": resample_}
+
+
+def measure(model: URCDM, seeds: list[int], block: int, store) -> dict:
+    """Tiles of the blocks (as demo_quality chooses them), with cost and seam numbers."""
+    rule = TissueRule()
+    slides = [Slide(model, seed, store, make_level0=False) for seed in seeds]
+    tiles: dict[int, list[np.ndarray]] = {1: [], 2: []}
+    inpainted, masks = [], []
+    started = time.perf_counter()
+    for slide in slides:
+        slide.ensure([TileId(0, 0, 0)])
+        for level in (1, 2):
+            ids = block_tiles(slide, level, block)
+            slide.ensure(ids)
+            for t in ids:
+                px = slide.tile(*t)
+                if rule.keeps(px):
+                    tiles[level].append(px)
+                mask = known_mask(model.geometry, slide.plan, t)
+                if mask.any():
+                    inpainted.append(px)
+                    masks.append(mask)
+    seconds = time.perf_counter() - started
+    made = sum(s.generated[lv] for s in slides for lv in (1, 2))
+    evals = sum(s.unet_evaluations[lv] for s in slides for lv in (1, 2))
+    s = model.sampling
+    return {
+        "tiles": tiles,
+        "evals_inpainted": sum(a * b for a, b in zip(s.steps, s.resample, strict=True)),
+        "evals_per_tile": evals / made if made else float("nan"),
+        "seconds_per_tile": seconds / made if made else float("nan"),
+        "generated": made,
+        "seam": seam_score(inpainted, masks),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="demo")
+    p.add_argument("--seeds", type=int, default=4)
+    p.add_argument("--block", type=int, default=3)
+    p.add_argument("--data", help="prepared dataset with the model's geometry (default: prepare now)")
+    p.add_argument("--store", help="tile store folder (rows are kept apart by fingerprint)")
+    p.add_argument("--baseline", help="the baseline row, SAMPLER:STEPS:RESAMPLE (default: the "
+                   "model's own sampling)")
+    p.add_argument("--row", action="append",
+                   help=f"SAMPLER:STEPS:RESAMPLE (default: {' '.join(DEFAULT_ROWS)})")
+    args = p.parse_args()
+
+    base = URCDM.from_spec(args.model)
+    stages = len(base.sampling.steps)
+    if args.baseline:
+        base = base.with_sampling(**parse_row(args.baseline, stages))
+    rows = [("baseline " + (args.baseline or "(the model's)"), base)]
+    for text in args.row or DEFAULT_ROWS:
+        rows.append((text, base.with_sampling(**parse_row(text, stages))))
+    seeds = list(range(args.seeds))
+    store = TileStore(args.store) if args.store else MemoryStore()
+    results = {}
+    for name, model in rows:
+        results[name] = measure(model, seeds, args.block, store)
+        print(f"{name}: {results[name]['generated']} tiles made", file=sys.stderr, flush=True)
+    n = {lv: min(len(r["tiles"][lv]) for r in results.values()) for lv in (1, 2)}
+    real = real_patches(base, args.data, max(n.values()))
+    extract = InceptionFeatures()
+    real_feats = {lv: extract(real[lv][: n[lv]]) for lv in (1, 2)}
+    for r in results.values():
+        r["fid"] = {lv: fid(real_feats[lv], extract(np.stack(r["tiles"][lv][: n[lv]]))) for lv in (1, 2)}
+
+    print("command: .venv/bin/python " + " ".join(sys.argv))
+    print(f"model {args.model} ({base.fingerprint}), seeds {args.seeds}, block {args.block}x{args.block}, "
+          f"FID n: level 1 {n[1]}, level 2 {n[2]} (same in every row)")
+    cols = ["evals/inpainted", "evals/tile", "x evals", "s/tile", "x time", "seam", "FID L1", "FID L2"]
+    print(f"{'':24s}" + "".join(f"{c:>16s}" for c in cols))
+    b = results[rows[0][0]]
+    for name, _ in rows:
+        r = results[name]
+        better = (r["evals_inpainted"] < b["evals_inpainted"] and r["fid"][1] <= b["fid"][1]
+                  and r["fid"][2] <= b["fid"][2] and r["seam"] <= max(b["seam"], 1.2))
+        vals = [r["evals_inpainted"], r["evals_per_tile"], r["evals_per_tile"] / b["evals_per_tile"],
+                r["seconds_per_tile"], r["seconds_per_tile"] / b["seconds_per_tile"], r["seam"],
+                r["fid"][1], r["fid"][2]]
+        print(f"{('* ' if better else '  ') + name:24s}" + "".join(
+            f"{v:16.0f}" if i == 0 else f"{v:16.2f}" for i, v in enumerate(vals)))
+    print("\n* fewer evaluations per inpainted tile than the baseline, FID at levels 1 and 2 no "
+          "worse, seam score no worse (or <= 1.2)")
+
+
+if __name__ == "__main__":
+    main()
