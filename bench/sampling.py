@@ -39,11 +39,9 @@ from demo_quality import real_patches  # noqa: E402
 from lazyslide import URCDM, Slide  # noqa: E402
 from lazyslide.evaluation.features import InceptionFeatures  # noqa: E402
 from lazyslide.evaluation.fid import fid  # noqa: E402
-from lazyslide.evaluation.samples import block_tiles  # noqa: E402
+from lazyslide.evaluation.samples import block_tiles, level_patches  # noqa: E402
 from lazyslide.evaluation.seams import known_mask, seam_score  # noqa: E402
-from lazyslide.geometry import TileId  # noqa: E402
 from lazyslide.store import MemoryStore, TileStore  # noqa: E402
-from lazyslide.wsi import TissueRule  # noqa: E402
 
 DEFAULT_ROWS = ["ddim:16,16,16:1", "dpmpp-2m:16,16,16:1", "dpmpp-2m:8,8,8:1", "dpmpp-2m:16,16,16:2"]
 
@@ -63,26 +61,20 @@ def parse_row(text: str, stages: int) -> dict:
 
 
 def measure(model: URCDM, seeds: list[int], block: int, store) -> dict:
-    """Tiles of the blocks (as demo_quality chooses them), with cost and seam numbers."""
-    rule = TissueRule()
+    """Tiles of the blocks (``level_patches``, as demo_quality chooses them), with cost and seam
+    numbers."""
     slides = [Slide(model, seed, store, make_level0=False) for seed in seeds]
-    tiles: dict[int, list[np.ndarray]] = {1: [], 2: []}
-    inpainted, masks = [], []
     started = time.perf_counter()
+    tiles = {lv: level_patches(slides, lv, block) for lv in (1, 2)}
+    seconds = time.perf_counter() - started
+    inpainted, masks = [], []
     for slide in slides:
-        slide.ensure([TileId(0, 0, 0)])
         for level in (1, 2):
-            ids = block_tiles(slide, level, block)
-            slide.ensure(ids)
-            for t in ids:
-                px = slide.tile(*t)
-                if rule.keeps(px):
-                    tiles[level].append(px)
+            for t in block_tiles(slide, level, block):
                 mask = known_mask(model.geometry, slide.plan, t)
                 if mask.any():
-                    inpainted.append(px)
+                    inpainted.append(slide.tile(*t))  # stored by level_patches
                     masks.append(mask)
-    seconds = time.perf_counter() - started
     made = sum(s.generated[lv] for s in slides for lv in (1, 2))
     evals = sum(s.unet_evaluations[lv] for s in slides for lv in (1, 2))
     s = model.sampling

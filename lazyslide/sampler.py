@@ -192,19 +192,18 @@ def dpmpp_2m_step(model: X0Model, x: Tensor, log_snr_t: Tensor, log_snr_s: Tenso
 
 @dataclass(frozen=True)
 class Sampler:
-    """A registered sampler family: its step function, the version its fingerprint carries (bump
-    it when the same settings would give other pixels), and whether its step uses ``prev``."""
+    """A registered sampler family: its step function and the version its fingerprint carries
+    (bump it when the same settings would give other pixels)."""
 
     step: Step
     version: str
-    multistep: bool = False
 
 
 #: The sampler families, by the name a model config and ``--sampler`` use.
 SAMPLERS: dict[str, Sampler] = {
     "ancestral": Sampler(ancestral_step, version="1"),
     "ddim": Sampler(ddim_step, version="1"),
-    "dpmpp-2m": Sampler(dpmpp_2m_step, version="1", multistep=True),
+    "dpmpp-2m": Sampler(dpmpp_2m_step, version="1"),
 }
 
 #: Below this many steps a multistep solver takes its last step at first order (diffusers'

@@ -149,7 +149,7 @@ def cmd_assemble(args: argparse.Namespace) -> int:
     from ..training.assemble import assemble, describe
     from ..training.trainer import run_summary
 
-    stages = len(run_summary(args.runs[0])["model"]["sampling"]["steps"]) if args.runs else 0
+    stages = len(run_summary(args.runs[0])["model"]["sampling"]["steps"])  # runs: nargs="+"
     model = assemble(args.runs, args.output, dtype=args.dtype, overwrite=args.overwrite,
                      sampling=sampling_overrides(args, stages), background_sat=args.background_sat)
     print(f"{describe(args.output)}; fingerprint {model.fingerprint}")
