@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .conditioning import CONDITIONING, conditioning
+from .conditioning import cond_channels
 from .errors import ModelError
 
 _module: ModuleType | None = None
@@ -66,7 +66,7 @@ def build_unet(config: dict[str, Any], level: int, stage: int) -> nn.Module:
         cond_on_text=False,
         text_embed_dim=None,
         lowres_cond=stage > 0,
-        cond_images_channels=CONDITIONING[conditioning(config)] if level > 0 else 0,
+        cond_images_channels=cond_channels(config, level),
     )
     for k, v in kwargs.items():
         if isinstance(v, list):

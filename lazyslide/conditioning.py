@@ -31,6 +31,10 @@ from .errors import ModelError
 CONDITIONING: dict[str, int] = {"window": 3, "window+footprint": 6}
 DEFAULT_CONDITIONING = "window"
 
+#: inpainting mode -> channels it adds to the conditioning image (where a level inpaints)
+INPAINTING: dict[str, int] = {"repaint": 0, "trained": 4}
+DEFAULT_INPAINTING = "repaint"
+
 #: A footprint: (x0, y0, x1, y1) in window pixels.
 Footprint = tuple[float, float, float, float]
 
@@ -42,6 +46,41 @@ def conditioning(config: dict) -> str:
         raise ModelError(f"model config: unknown conditioning {name!r}; choose from "
                          f"{', '.join(CONDITIONING)}")
     return name
+
+
+def inpainting(config: dict) -> str:
+    """The model config's inpainting mode (absent: the paper's RePaint)."""
+    name = config.get("inpainting", DEFAULT_INPAINTING)
+    if name not in INPAINTING:
+        raise ModelError(f"model config: unknown inpainting {name!r}; choose from "
+                         f"{', '.join(INPAINTING)}")
+    return name
+
+
+def trained_inpainting(config: dict, level: int) -> bool:
+    """Whether the unets of ``level`` take the known pixels as conditioning: trained inpainting,
+    on a canvas of more than one tile (a one-tile level never has neighbours)."""
+    if inpainting(config) != "trained":
+        return False
+    g = config["geometry"]
+    canvas, tile, overlap = g["canvases"][level], g["tile"], g["overlap"]
+    return canvas > tile and overlap > 0
+
+
+def cond_channels(config: dict, level: int) -> int:
+    """Channels of the conditioning image of ``level``'s unets (0: none)."""
+    window = CONDITIONING[conditioning(config)] if level > 0 else 0
+    return window + (INPAINTING["trained"] if trained_inpainting(config, level) else 0)
+
+
+def known_image(known: Tensor, mask: Tensor, size: int) -> Tensor:
+    """The trained-inpainting channels at ``size`` px: known pixels (model space, zero where
+    unknown) and the mask (1 known, 0 not). ``known`` (B, 3, T, T) and ``mask`` (B, 1, T, T)
+    are at tile resolution; the pixels are area-resized and the mask subsampled, exactly as the
+    sampler downsamples them for its known-pixel replacement."""
+    f = mask.shape[-1] // size
+    m = mask[..., ::f, ::f].to(known.dtype)
+    return torch.cat([resize(known, size) * m, m], dim=1)
 
 
 def to_model_space(images: Sequence[np.ndarray] | np.ndarray) -> Tensor:

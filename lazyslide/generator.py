@@ -2,8 +2,9 @@
 
 Inputs are plain pixels (the known overlap, the parent window), so the generator neither knows
 nor cares where they came from; the slide gathers them from the store. Every stage inpaints the
-known pixels at its own resolution (area-downsampled from the stored neighbours), and the final
-tile carries the stored neighbour pixels bit for bit.
+known pixels at its own resolution (area-downsampled from the stored neighbours; a model with
+trained inpainting also hands them to the unet as conditioning), and the final tile carries the
+stored neighbour pixels bit for bit.
 """
 
 from __future__ import annotations
@@ -15,7 +16,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .conditioning import centred_footprint, cond_image, conditioning, resize, to_model_space, to_uint8
+from .conditioning import (
+    centred_footprint,
+    cond_image,
+    conditioning,
+    known_image,
+    resize,
+    to_model_space,
+    to_uint8,
+    trained_inpainting,
+)
 from .geometry import TileId
 from .model import URCDM
 from .networks import Denoiser
@@ -85,17 +95,21 @@ def generate(model: URCDM, jobs: Sequence[TileJob], *, unet_level: int | None = 
     if windows is not None:
         centred = centred_footprint(t, float(geom.scale(level)))
         footprints = [centred if j.footprint is None else j.footprint for j in jobs]
+    trained = trained_inpainting(model.config, unet_level)
     x = None
     for index, size in enumerate(geom.cascade):
         f = t // size
         stage = Stage.from_config(model.config, index, model.sampling)
         noise = TileNoise([derive_seed("tile", j.seed, *j.tile, index) for j in jobs], device)
+        conds = [cond_image(windows, size, mode, footprints)] if windows is not None else []
+        if trained:  # the known pixels as the unet was trained to take them (``known_image``)
+            conds.append(known_image(known, mask, size))
         x = stage.run(
             counted(model.denoiser(unet_level, index), evaluations, level),
             noise,
             size,
             lowres=None if x is None else resize(x, size),
-            cond=cond_image(windows, size, mode, footprints).to(device) if windows is not None else None,
+            cond=torch.cat(conds, dim=1).to(device) if conds else None,
             known=resize(known, size),
             mask=mask[..., ::f, ::f],
         )

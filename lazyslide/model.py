@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .background import BackgroundRule
-from .conditioning import conditioning
+from .conditioning import conditioning, inpainting
 from .errors import ModelError
 from .geometry import Geometry, GeometryError, preset
 from .networks import Denoiser, architecture, build_unet
@@ -328,6 +328,7 @@ class URCDM:
         self._sampling = SamplingConfig.from_dict(s)
         architecture(c)  # a known architecture
         conditioning(c)  # a known conditioning
+        inpainting(c)  # a known inpainting mode
 
     def _construct(self, level: int, stage: int) -> nn.Module:
         return build_unet(self.config, level, stage)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
+
 from .geometry import Box, Geometry, TileId
 
 #: Phase order of the parity colours; the best of the 24 orders (max closure 13, see tests).
@@ -53,6 +55,14 @@ class Plan:
             (x0, x1), (y0, y1) = span[n.col - tile.col], span[n.row - tile.row]
             out.append((n, (x0, y0, x1, y1)))
         return out
+
+    def known_mask(self, geom: Geometry, tile: TileId) -> np.ndarray:
+        """(T, T) bool: True where an earlier neighbour fixed the pixel (what ``tile`` inpaints
+        around; trained inpainting learns exactly these masks)."""
+        mask = np.zeros((geom.tile, geom.tile), bool)
+        for _, (x0, y0, x1, y1) in self.known_boxes(geom, tile):
+            mask[y0:y1, x0:x1] = True
+        return mask
 
     def dependencies(self, geom: Geometry, tile: TileId) -> list[TileId]:
         """Every tile that must exist before ``tile`` can be made."""

@@ -211,10 +211,6 @@ SAMPLERS: dict[str, Sampler] = {
 #: unstable with few steps).
 LOWER_ORDER_FINAL_BELOW = 15
 
-#: How known pixels enter a sample: "repaint" replaces them after every step, with resample
-#: jumps (the paper's method). Room for trained inpainting (known pixels as conditioning).
-INPAINTING = ("repaint",)
-
 
 # -- the inpainting wrapper ---------------------------------------------------------------------
 @torch.no_grad()
@@ -282,33 +278,30 @@ def sample(
 
 # -- how a model samples ------------------------------------------------------------------------
 #: Settings added after the first models: at these values they are not written to a config.
-_IMPLICIT = {"sampler": "ancestral", "inpainting": "repaint"}
+_IMPLICIT = {"sampler": "ancestral"}
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Sampler family, steps and RePaint resamples per cascade stage, dynamic-threshold
-    percentile and inpainting mode: everything besides the weights that decides a tile.
+    """Sampler family, steps and RePaint resamples per cascade stage and dynamic-threshold
+    percentile: everything besides the weights (and the network's inputs, which the model config
+    decides: ``conditioning.inpainting``) that decides a tile.
 
     ``to_dict`` is what a model config stores and the fingerprint hashes. Fields at the values
-    that models had before they existed (sampler "ancestral", inpainting "repaint") are left out
-    of it, so those models keep their fingerprints and stored tiles.
+    that models had before they existed (sampler "ancestral") are left out of it, so those models
+    keep their fingerprints and stored tiles.
     """
 
     steps: tuple[int, ...]
     resample: tuple[int, ...]
     threshold: float = 0.95
     sampler: str = "ancestral"
-    inpainting: str = "repaint"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(self.steps))
         object.__setattr__(self, "resample", tuple(self.resample))
         if self.sampler not in SAMPLERS:
             raise ModelError(f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
-        if self.inpainting not in INPAINTING:
-            raise ModelError(f"unknown inpainting mode {self.inpainting!r}; choose from "
-                             f"{', '.join(INPAINTING)}")
         if len(self.resample) != len(self.steps):
             raise ModelError(f"sampling: {len(self.steps)} step counts but {len(self.resample)} "
                              "resample counts (one each per cascade stage)")
@@ -324,12 +317,12 @@ class SamplingConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SamplingConfig:
-        unknown = set(d) - {"steps", "resample", "threshold", "sampler", "inpainting"}
+        unknown = set(d) - {"steps", "resample", "threshold", "sampler"}
         if unknown:
             raise ModelError(f"unknown sampling settings {sorted(unknown)}")
         try:
             return cls(steps=tuple(d["steps"]), resample=tuple(d["resample"]),
-                       **{k: d[k] for k in ("threshold", "sampler", "inpainting") if k in d})
+                       **{k: d[k] for k in ("threshold", "sampler") if k in d})
         except KeyError as e:
             raise ModelError(f"model config sampling: missing {e}") from None
         except TypeError as e:

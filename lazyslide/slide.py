@@ -191,13 +191,12 @@ class Slide:
     def _job(self, tile: TileId) -> TileJob:
         t = self.geometry.tile
         known = np.zeros((t, t, 3), np.uint8)
-        mask = np.zeros((t, t), bool)
         for n, (x0, y0, x1, y1) in self.plan.known_boxes(self.geometry, tile):
             # neighbour pixels in this tile's frame: shift by the neighbour's offset
             dx = (n.col - tile.col) * self.geometry.stride
             dy = (n.row - tile.row) * self.geometry.stride
             known[y0:y1, x0:x1] = self._stored(n)[y0 - dy:y1 - dy, x0 - dx:x1 - dx]
-            mask[y0:y1, x0:x1] = True
+        mask = self.plan.known_mask(self.geometry, tile)
         window = footprint = None
         if tile.level > 0 and self.method.conditioned:
             window = self._compose(tile.level - 1, self.geometry.parent_window(*tile))

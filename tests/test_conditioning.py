@@ -10,9 +10,17 @@ import pytest
 import torch
 
 from lazyslide import URCDM, Slide
-from lazyslide.conditioning import centred_footprint, cond_image, crop_resize, to_model_space
+from lazyslide.conditioning import (
+    centred_footprint,
+    cond_image,
+    crop_resize,
+    known_image,
+    resize,
+    to_model_space,
+)
 from lazyslide.geometry import TileId
 from lazyslide.networks import architecture, build_unet
+from lazyslide.plan import ParityPlan
 from lazyslide.store import MemoryStore
 
 
@@ -110,3 +118,67 @@ def test_tile_id_footprint_in_window_is_the_parent_footprint_shifted():
     ox, oy, _, _ = g.parent_window(*t)
     fx0, fy0, fx1, fy1 = g.parent_footprint(*t)
     assert g.footprint_in_window(*t) == (float(fx0 - ox), float(fy0 - oy), float(fx1 - ox), float(fy1 - oy))
+
+
+# -- trained inpainting --------------------------------------------------------------------------
+def _trained_model(seed: int = 0) -> URCDM:
+    config = copy.deepcopy(URCDM.random("test").config)
+    config["inpainting"] = "trained"
+    config["sampling"]["resample"] = [1, 1, 1]
+    return URCDM(config, init_seed=seed)
+
+
+def test_known_image_is_the_known_pixels_and_the_mask_at_the_stage_size():
+    g = torch.Generator().manual_seed(0)
+    known = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    mask = torch.zeros(2, 1, 32, 32, dtype=torch.bool)
+    mask[0, :, :, :4] = True  # a left strip of 4 px: 1 px at 8 px
+    img = known_image(known, mask, 8)
+    assert img.shape == (2, 4, 8, 8)
+    assert torch.equal(img[:, 3:], mask[..., ::4, ::4].float())
+    assert torch.allclose(img[0, :3, :, :1], resize(known, 8)[0, :, :, :1])
+    assert not img[0, :3, :, 1:].any() and not img[1].any()  # zero where unknown
+
+
+def test_plan_masks_are_the_union_of_the_known_boxes():
+    g = URCDM.random("test").geometry
+    plan = ParityPlan()
+    for tile in (TileId(2, 0, 0), TileId(2, 1, 0), TileId(2, 1, 1), TileId(2, 2, 1), TileId(2, 45, 45)):
+        mask = plan.known_mask(g, tile)
+        want = np.zeros_like(mask)
+        for _, (x0, y0, x1, y1) in plan.known_boxes(g, tile):
+            want[y0:y1, x0:x1] = True
+        assert np.array_equal(mask, want)
+    assert not plan.known_mask(g, TileId(2, 0, 0)).any()  # first phase: nothing known
+    frame = plan.known_mask(g, TileId(2, 2, 1))  # last phase, inside: the whole border
+    o = g.overlap
+    assert frame[:o].all() and frame[-o:].all() and frame[:, :o].all() and not frame[o:-o, o:-o].any()
+
+
+def test_trained_inpainting_hands_the_unet_the_known_pixels_and_mask():
+    """Levels with neighbours take 4 more conditioning channels (a one-tile level none); the
+    generator fills them as ``known_image`` does from the stored neighbours; tiles stay pure
+    functions of their address and carry the neighbours' bytes exactly."""
+    model = _trained_model()
+    assert model.unet(0, 0).cond_images_channels == 0 and model.unet(1, 0).cond_images_channels == 7
+    assert model.fingerprint != URCDM.random("test").fingerprint
+    seen = []
+    unet = model.unet(2, 0)
+    hook = unet.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["cond_images"]), with_kwargs=True)
+    slide = Slide(model, seed=3, store=MemoryStore())
+    tile = TileId(2, 2, 1)  # the last phase: every neighbour is known
+    pixels = slide.tile(*tile)
+    hook.remove()
+    job = slide._job(tile)
+    cond = seen[-1]  # made last, after its neighbours
+    want = known_image(to_model_space([job.known]), torch.from_numpy(job.mask)[None, None], cond.shape[-1])
+    assert job.mask.any() and torch.allclose(cond[:, 3:], want, atol=1e-6)
+    assert np.array_equal(pixels[job.mask], job.known[job.mask])
+    assert np.array_equal(pixels, Slide(_trained_model(), seed=3, store=MemoryStore()).tile(*tile))
+
+
+def test_unknown_inpainting_is_a_clear_error():
+    config = copy.deepcopy(URCDM.random("test").config)
+    config["inpainting"] = "guess"
+    with pytest.raises(Exception, match="unknown inpainting 'guess'"):
+        URCDM(config, init_seed=0)

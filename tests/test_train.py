@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from lazyslide import URCDM, Slide
 from lazyslide.cli import main
-from lazyslide.geometry import preset
+from lazyslide.geometry import TileId, preset
 from lazyslide.training.assemble import assemble
 from lazyslide.training.prepare import DatasetError, prepare
 from lazyslide.training.trainer import Trainer, TrainError, TrainSettings
@@ -239,3 +239,44 @@ def test_fine_tuning_into_the_footprint_conditioning(data, tmp_path, capsys):
         main(["train", "--data", str(data), "--level", "1", "--unet", "1", "-o",
               str(tmp_path / "ft3"), "--conditioning", "everything"])
     assert "invalid choice: 'everything'" in capsys.readouterr().err
+
+
+def test_trained_inpainting_learns_the_plans_masks_and_assembles(data, runs, tmp_path):
+    """`train --inpainting trained`: each pair gets the known-pixel channels of a tile of the
+    level's grid (the parity plan's mask for it, the target's own pixels under it); fine-tuning
+    from a RePaint model widens the unet (before any step it computes what the source did,
+    whatever the new channels hold); a one-tile level's runs assemble with either mode, two
+    modes at levels with neighbours do not."""
+    from lazyslide.plan import ParityPlan
+
+    t = Trainer(data, tmp_path / "l1u1", 1, 1, SETTINGS, init="random:test:0", inpainting="trained")
+    assert t.config["model"]["inpainting"] == "trained"
+    index = torch.arange(16) % len(t.dataset)
+    b = t.dataset.stage_batch(index, 0, generator=torch.Generator().manual_seed(1))
+    assert b.cond.shape == (16, 7, 8, 8)
+    geom, plan = t.dataset.geometry, ParityPlan()
+    layouts = {plan.known_mask(geom, TileId(1, c, r))[::4, ::4].tobytes()
+               for r in range(geom.grid(1)) for c in range(geom.grid(1))}
+    masks = b.cond[:, 6] > 0.5
+    assert {m.numpy().tobytes() for m in masks} <= layouts and len({m.numpy().tobytes() for m in masks}) > 2
+    assert torch.allclose(b.cond[:, 3:6], b.x0 * masks[:, None])
+    source = URCDM.random("test", 0).unet(1, 0)
+    g = torch.Generator().manual_seed(0)
+    x, cond = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g)
+    ls = torch.tensor([0.5, -1.0])
+    with torch.no_grad():
+        got = t.unet.eval()(x, ls, cond_images=torch.cat([cond, torch.randn(2, 4, 8, 8, generator=g)], 1))
+        assert torch.allclose(source(x, ls, cond_images=cond), got, atol=1e-5)
+    t.fit(1, checkpoint_every=1, sample_every=1, progress=False)
+    assert (tmp_path / "l1u1" / "samples" / "step000001.png").is_file()
+    trained = [tmp_path / "l1u1"]
+    for level, unet in [(1, 2), (1, 3), (2, 1), (2, 2), (2, 3)]:
+        trained.append(tmp_path / f"l{level}u{unet}")
+        Trainer(data, trained[-1], level, unet, SETTINGS, inpainting="trained").fit(
+            1, checkpoint_every=1, progress=False)
+    model = assemble([*runs[:3], *trained], tmp_path / "model")  # level 0: RePaint-era runs
+    assert model.config["inpainting"] == "trained" and model.unet(2, 0).cond_images_channels == 7
+    assert Slide(model, seed=0, make_level0=False).tile(2, 1, 0).shape == (32, 32, 3)
+    with pytest.raises(TrainError, match=r"disagree on the model config \(inpainting\)"):
+        assemble([*runs[:6], *trained[3:]], tmp_path / "mixed")  # level 1 RePaint, level 2 trained
+    assert "inpainting" not in assemble(runs, tmp_path / "repaint").config  # as before it existed

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..conditioning import CONDITIONING
+from ..conditioning import CONDITIONING, INPAINTING
 from ..errors import LazySlideError
 from .common import add_sampling_options, ints, sampling_overrides
 
@@ -54,6 +54,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--conditioning", choices=list(CONDITIONING),
                        help="what level >= 1 unets see of the parent (default: the preset's; "
                        "README, How it works)")
+    train.add_argument("--inpainting", choices=list(INPAINTING),
+                       help="how the unets learn the pixels neighbours fixed: 'repaint' (the "
+                       "paper: they do not; the sampler resamples) or 'trained' (known pixels and "
+                       "mask as conditioning channels; default: the preset's)")
     train.add_argument("--threads", type=int, help="torch CPU threads")
     train.add_argument("--device", help="'cpu' to force the CPU (default: accelerate's choice)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -130,7 +134,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     settings = TrainSettings(batch_size=args.batch_size, lr=args.lr, seed=args.train_seed,
                              crop=args.crop, ema_beta=args.ema_beta)
     trainer = Trainer(args.data, args.output, args.level, args.unet, settings, device=args.device,
-                      init=args.init, conditioning=args.conditioning)
+                      init=args.init, conditioning=args.conditioning,
+                      inpainting=args.inpainting)
     if trainer.step:
         print(f"resuming {args.output} at step {trainer.step}")
     if trainer.step >= args.steps:

@@ -10,10 +10,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from ..conditioning import trained_inpainting
 from ..errors import ModelError
 from ..model import URCDM, default_config
 from ..sampler import SamplingConfig
-from .trainer import TrainError, run_summary
+from .trainer import MODEL_KEYS, TrainError, run_summary
 
 
 def assemble(runs: Sequence[str | Path], out: str | Path, *, dtype: str = "float32",
@@ -36,22 +37,37 @@ def assemble(runs: Sequence[str | Path], out: str | Path, *, dtype: str = "float
     summaries = [(Path(r), run_summary(r)) for r in runs]
     if not summaries:
         raise TrainError("give the training runs to assemble")
+    # A run's model config as far as its unet depends on it: the inpainting mode only matters
+    # where a level has neighbouring tiles, so one-tile levels' runs fit either mode.
+    def relevant(s: dict) -> dict:
+        m = dict(s["model"])
+        mode = m.pop("inpainting", "repaint")
+        if trained_inpainting(dict(m, inpainting="trained"), s["level"]):
+            m["inpainting"] = mode
+        return m
+
     first_path, first = summaries[0]
+    model = relevant(first)
     by_unet: dict[tuple[int, int], tuple[Path, dict]] = {}
     for path, s in summaries:
-        if s["model"] != first["model"]:
-            diff = sorted(k for k in s["model"] if s["model"][k] != first["model"].get(k))
+        mine = relevant(s)
+        diff = sorted(k for k in {*mine, *model} if mine.get(k) != model.get(k)
+                      and (k != "inpainting" or (k in mine and k in model)))
+        if diff:
             raise TrainError(f"{path} and {first_path} disagree on the model config ({', '.join(diff)}): "
                              "a model needs all nine unets trained for one preset and geometry")
+        model.update(mine)
         key = (s["level"], s["unet"] - 1)
         if key in by_unet:
             raise TrainError(f"{path} and {by_unet[key][0]} both train level {key[0]} unet {key[1] + 1}")
         by_unet[key] = (path, s)
+    if model.get("inpainting") == "repaint":  # the default: left out, as models before it had it
+        del model["inpainting"]
     config: dict[str, Any] = default_config(first["preset"])
-    for k in ("geometry", "diffusion", "sampling", "background", "conditioning"):
-        if k in first["model"]:
-            config[k] = first["model"][k]
-        else:  # a run from before the preset named it: the paper's window
+    for k in MODEL_KEYS:
+        if k in model:
+            config[k] = model[k]
+        else:  # a run from before the preset named it: the paper's choice
             config.pop(k, None)
     want = [(lv, st) for lv in range(len(config["unets"])) for st in range(len(config["unets"][lv]))]
     missing = [f"level {lv} unet {st + 1}" for lv, st in want if (lv, st) not in by_unet]

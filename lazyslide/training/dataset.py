@@ -6,6 +6,12 @@ neighbour (as the generator upsamples its previous stage) and, for levels >= 1, 
 window through ``conditioning.cond_image``. Augmentation: the 8 dihedral transforms (paper),
 applied to target and window together (both are centred on the same point, so they stay
 aligned), and optional random crops for super-resolution stages (imagen's ``random_crop_sizes``).
+
+With trained inpainting, each pair also gets the known-pixel channels (``conditioning.known_image``)
+of a tile drawn at random from the level's grid: the mask its tile plan gives that tile (strips
+and corners its earlier neighbours fix, fewer at the canvas border, none for a first-phase tile),
+applied after the dihedral transform, with the target's own pixels as the known ones (in a real
+slide, neighbours agree with the tile where they overlap).
 """
 
 from __future__ import annotations
@@ -17,8 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..conditioning import centred_footprint, cond_image, resize, to_model_space
-from ..geometry import Geometry
+from ..conditioning import centred_footprint, cond_image, known_image, resize, to_model_space
+from ..geometry import Geometry, TileId
+from ..plan import Plan
 from .prepare import DatasetError, load_manifest
 
 
@@ -38,7 +45,8 @@ def dihedral(x: Tensor, k: int) -> Tensor:
 class PairDataset:
     """All pairs of one level of a prepared dataset, in memory (uint8)."""
 
-    def __init__(self, folder: str | Path, level: int, conditioning: str = "window") -> None:
+    def __init__(self, folder: str | Path, level: int, conditioning: str = "window",
+                 inpainting: Plan | None = None) -> None:
         self.folder = Path(folder)
         self.manifest = load_manifest(self.folder)
         try:
@@ -49,6 +57,8 @@ class PairDataset:
         self.level = level
         #: what the unets see of the parent window (``conditioning.CONDITIONING``)
         self.conditioning = conditioning
+        #: trained inpainting: the plan whose known-pixel masks the unets learn (None: RePaint)
+        self.inpainting = inpainting
         if str(level) not in self.manifest["levels"]:
             have = ", ".join(sorted(self.manifest["levels"])) or "none"
             raise DatasetError(f"{folder} has no level {level} pairs (levels prepared: {have})")
@@ -93,7 +103,14 @@ class PairDataset:
                 w = torch.stack([dihedral(wi, k) for wi, k in zip(w, ks, strict=True)])
         x0 = resize(x, size)
         lowres = resize(resize(x, g.cascade[stage - 1]), size) if stage > 0 else None
-        cond = resize(w, size) if w is not None else None
+        conds = [resize(w, size)] if w is not None else []
+        if self.inpainting is not None:
+            n = g.grid(self.level)
+            cells = torch.randint(n * n, (len(idx),), generator=generator).tolist()
+            masks = np.stack([self.inpainting.known_mask(g, TileId(self.level, c % n, c // n))
+                              for c in cells])
+            conds.append(known_image(x, torch.from_numpy(masks)[:, None], size))
+        cond = torch.cat(conds, dim=1) if conds else None
         if crop is not None and crop < size:
             ox, oy = torch.randint(size - crop + 1, (2,), generator=generator).tolist()
             x0, lowres, cond = (None if v is None else v[..., oy:oy + crop, ox:ox + crop]

@@ -13,7 +13,8 @@ Run folder::
     RUN/config.json            level, unet, geometry, architecture, training settings
     RUN/checkpoint/            unet, ema, optimizer (.safetensors) + state.json (step)
     RUN/loss.csv, RUN/loss.png
-    RUN/samples/step{N}.png    columns: [parent window [, footprint]] [low-res input] sample (EMA) real
+    RUN/samples/step{N}.png    columns: [parent window [, footprint]] [known pixels, mask]
+                               [low-res input] sample (EMA) real
 
 A step is a pure function of (weights, seed, step), so a run killed after a checkpoint and
 started again continues exactly where the checkpoint left it.
@@ -36,9 +37,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from ..conditioning import CONDITIONING, to_uint8
+from ..conditioning import CONDITIONING, INPAINTING, cond_channels, to_uint8, trained_inpainting
 from ..conditioning import conditioning as conditioning_of
 from ..errors import LazySlideError
+from ..methods import METHODS
 from ..model import FORMAT as MODEL_FORMAT
 from ..model import default_config
 from ..networks import architecture, build_unet, denoiser
@@ -48,6 +50,9 @@ from .dataset import PairDataset
 from .objective import diffusion_loss
 
 RUN_FORMAT = "lazyslide-run/1"
+#: The parts of the model config a run records (all runs of one model must agree on them).
+MODEL_KEYS = ("format", "preset", "geometry", "diffusion", "sampling", "background", "conditioning",
+              "inpainting")
 #: Random crop size per cascade stage while training (None = whole images), per preset.
 CROPS: dict[str, list[int | None]] = {
     "paper": [None, None, 256],  # the authors' third unet trains on 256 px crops
@@ -93,7 +98,8 @@ class Trainer:
 
     def __init__(self, data: str | Path, run: str | Path, level: int, unet: int,
                  settings: TrainSettings | None = None, *, device: str | None = None,
-                 init: str | None = None, conditioning: str | None = None) -> None:
+                 init: str | None = None, conditioning: str | None = None,
+                 inpainting: str | None = None) -> None:
         from accelerate import Accelerator
         from ema_pytorch import EMA
 
@@ -105,7 +111,14 @@ class Trainer:
                 raise TrainError(f"--conditioning must be one of {', '.join(CONDITIONING)}, "
                                  f"got {conditioning!r}")
             model_cfg["conditioning"] = conditioning
+        if inpainting is not None:  # another than the preset's (``conditioning.INPAINTING``)
+            if inpainting not in INPAINTING:
+                raise TrainError(f"--inpainting must be one of {', '.join(INPAINTING)}, "
+                                 f"got {inpainting!r}")
+            model_cfg["inpainting"] = inpainting
         self.dataset.conditioning = conditioning_of(model_cfg)
+        if trained_inpainting(model_cfg, level):  # the masks of the plan the slide uses
+            self.dataset.inpainting = METHODS["urcdm"].plan
         n_stages = len(self.dataset.geometry.cascade)
         if not 1 <= unet <= n_stages:
             raise TrainError(f"--unet must be in 1..{n_stages}, got {unet}")
@@ -119,9 +132,7 @@ class Trainer:
             "level": level,
             "unet": unet,
             "preset": self.dataset.preset,
-            "model": {k: model_cfg[k] for k in ("format", "preset", "geometry", "diffusion",
-                                                "sampling", "background", "conditioning")
-                      if k in model_cfg},
+            "model": {k: model_cfg[k] for k in MODEL_KEYS if k in model_cfg},
             "architecture": model_cfg["unets"][level][self.stage],
             "settings": asdict(settings),
             "dataset": {"path": str(Path(data).resolve()), "pairs": len(self.dataset)},
@@ -160,7 +171,7 @@ class Trainer:
             raise TrainError(f"--init {spec}: its level {lv} unet {st + 1} has another architecture "
                              "or cascade than this dataset's preset")
         state = {k: v.float() for k, v in source.unet(lv, st).state_dict().items()}
-        before = CONDITIONING[conditioning_of(source.config)] if lv > 0 else 0
+        before = cond_channels(source.config, lv)
         try:
             architecture(model_cfg).load_widened(net, state, before)
         except LazySlideError as e:
@@ -321,14 +332,21 @@ class Trainer:
         g = self.dataset.geometry
         size, dev = g.cascade[self.stage], self.accelerator.device
         index = torch.linspace(0, len(self.dataset) - 1, n).round().long()
-        b = self.dataset.stage_batch(index, self.stage, augment=False)
+        b = self.dataset.stage_batch(index, self.stage, augment=False,
+                                     generator=torch.Generator().manual_seed(0))
         noise = TileNoise([derive_seed("train-sample", i) for i in range(n)], dev)
         ema = self.ema.ema_model.eval()
+        known = mask = None
+        if self.dataset.inpainting is not None:  # inpaint the target's own known pixels
+            known, mask = b.x0.to(dev), b.cond[:, -1:].to(dev) > 0.5
         x = self.cascade_stage.run(
             denoiser(self.model_config, ema), noise, size,
             lowres=None if b.lowres is None else b.lowres.to(dev),
-            cond=None if b.cond is None else b.cond.to(dev))
-        conds = [] if b.cond is None else list(b.cond.split(3, dim=1))  # window [, footprint]
+            cond=None if b.cond is None else b.cond.to(dev), known=known, mask=mask)
+        window = None if b.cond is None else b.cond[:, :b.cond.shape[1] - (4 if mask is not None else 0)]
+        conds = [] if window is None or not window.shape[1] else list(window.split(3, dim=1))
+        if mask is not None:  # the known pixels, and the mask in white
+            conds += [b.cond[:, -4:-1], b.cond[:, -1:].expand(-1, 3, -1, -1) * 2 - 1]
         columns = [*conds, *([] if b.lowres is None else [b.lowres]), x.cpu(), b.x0]
         grid = np.concatenate([np.concatenate(list(to_uint8(c)), axis=0) for c in columns], axis=1)
         from PIL import Image
