@@ -262,8 +262,9 @@ def _parse_tile(level_text: str, name: str) -> tuple[int, int, int, str]:
 
 
 async def tile_bytes(s: LazySlideServer, entry: OpenedSlide, level: int, col: int, row: int,
-                     fmt: str) -> bytes:
-    """An encoded Deep Zoom tile, generating what it needs; raises HTTP errors for bad input."""
+                     fmt: str, *, generate: bool = True) -> bytes:
+    """An encoded Deep Zoom tile, generating what it needs; raises HTTP errors for bad input.
+    ``generate=False``: only if nothing needs generating, else ``HTTPAccepted`` (202)."""
     if not entry.dz.valid(level, col, row):
         raise web.HTTPNotFound(text=f"no tile {col}_{row} at Deep Zoom level {level}")
     key = (entry.id, level, col, row, fmt)
@@ -273,6 +274,8 @@ async def tile_bytes(s: LazySlideServer, entry: OpenedSlide, level: int, col: in
         return data
     loop = asyncio.get_running_loop()
     missing = await loop.run_in_executor(None, entry.slide.missing, entry.dz.needed_tiles(level, col, row))
+    if missing and not generate:
+        raise web.HTTPAccepted(text="not generated yet")
     if missing:
         try:
             await s.scheduler.make(entry.id, entry.slide, missing)
@@ -312,7 +315,10 @@ async def tiles_socket(request: web.Request) -> web.WebSocketResponse:
     would hold them all and starve the tiles that are ready. Here the viewer sends
     ``{"op": "get", "id": N, "level": L, "col": C, "row": R}`` (or ``"cancel"``) and receives a
     binary frame (4-byte big-endian id, then the JPEG) or ``{"id": N, "status": S, "error": E}``.
-    Closing the socket cancels everything it asked for.
+    With ``"generate": false`` a tile that needs generation is answered with status 202 instead
+    of queued: the viewer asks for every tile so, then for the ones to generate a few at a time,
+    in the order of what is on screen now (viewer/app.js). Closing the socket cancels everything
+    it asked for.
     """
     s = _server(request)
     entry = _slide(request)
@@ -320,10 +326,10 @@ async def tiles_socket(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     tasks: dict[int, asyncio.Task] = {}
 
-    async def send_one(rid: int, level: int, col: int, row: int) -> None:
+    async def send_one(rid: int, level: int, col: int, row: int, generate: bool) -> None:
         try:
             s.metrics.count("requests")
-            data = await tile_bytes(s, entry, level, col, row, "JPEG")
+            data = await tile_bytes(s, entry, level, col, row, "JPEG", generate=generate)
             await ws.send_bytes(rid.to_bytes(4, "big") + data)
         except web.HTTPException as e:
             await ws.send_json({"id": rid, "status": e.status, "error": e.text})
@@ -349,13 +355,15 @@ async def tiles_socket(request: web.Request) -> web.WebSocketResponse:
                         task.cancel()
                     continue
                 level, col, row = (m[k] for k in ("level", "col", "row"))
-                if not all(isinstance(v, int) and not isinstance(v, bool) for v in (level, col, row)):
+                generate = m.get("generate", True)
+                if not all(isinstance(v, int) and not isinstance(v, bool) for v in (level, col, row)) \
+                        or not isinstance(generate, bool):
                     raise ValueError
             except (ValueError, KeyError, TypeError, RecursionError):
                 await ws.send_json({"id": None, "status": 400, "error": "bad message"})
                 continue
             if rid not in tasks:
-                tasks[rid] = asyncio.create_task(send_one(rid, level, col, row))
+                tasks[rid] = asyncio.create_task(send_one(rid, level, col, row, generate))
     finally:
         for task in list(tasks.values()):
             task.cancel()

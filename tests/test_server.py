@@ -191,6 +191,22 @@ async def test_tiles_over_websocket(client):
         assert (await ws.receive_json()) == error
         await ws.send_str("garbage")
         assert (await ws.receive_json())["status"] == 400
+        await ws.send_json({"op": "get", "id": 7, "level": 8, "col": 0, "row": 0, "generate": "no"})
+        assert (await ws.receive_json())["status"] == 400
+
+
+async def test_websocket_tiles_that_need_generation_wait_for_the_viewer_to_ask(client, server):
+    """``"generate": false`` answers a tile that needs generation with 202 and queues nothing
+    (the viewer orders generation itself); a tile whose pixels exist comes back at once."""
+    async with client.ws_connect("/api/slides/0/tiles") as ws:
+        await ws.send_json({"op": "get", "id": 1, "level": 11, "col": 2, "row": 3, "generate": False})
+        assert (await ws.receive_json()) == {"id": 1, "status": 202, "error": "not generated yet"}
+        assert server.scheduler.depth == 0 and not server.scheduler.busy("0")
+        await ws.send_json({"op": "get", "id": 2, "level": 11, "col": 2, "row": 3})  # generate
+        made = await ws.receive_bytes()
+        await ws.send_json({"op": "get", "id": 3, "level": 11, "col": 2, "row": 3, "generate": False})
+        again = await ws.receive_bytes()
+        assert made[4:] == again[4:] and int.from_bytes(again[:4], "big") == 3
 
 
 @pytest.mark.parametrize("path, status", [

@@ -5,7 +5,11 @@
 const state = { slide: null, viewer: null, events: null, overlays: new Map(), dzMax: null };
 // Show a magnification level upscaled up to this factor before asking for the next (deeper,
 // lazily generated) one: zooming out never triggers generation of a whole deep level.
-const UPSCALE_BEFORE_NEXT_LEVEL = 2;
+// bench/upscale.py (demo model, levels 1 -> 2, 6.46x apart): upscaled 2x, real tissue keeps 0.72
+// of the detail the deeper level shows at that scale, 3x 0.57, 4x 0.48; a 1280 x 800 view at
+// the switch needs 950, 442 and 260 deep tiles. 3 is the largest factor that keeps more than
+// half the detail, at under half the tiles of 2.
+const UPSCALE_BEFORE_NEXT_LEVEL = 3;
 const $ = (id) => document.getElementById(id);
 
 function showMessage(text) {
@@ -43,11 +47,24 @@ function createViewer() {
 }
 
 /* Tiles over one WebSocket per slide: tiles waiting for generation must not occupy the
-   browser's six HTTP connections and starve tiles that are ready (see server/app.py). */
+   browser's six HTTP connections and starve tiles that are ready (see server/app.py).
+
+   Generation follows the eye, not OpenSeadragon's request order. Every tile is first asked for
+   without generation ("generate": false), so what exists comes back at once; the server answers
+   the others 202, and the viewer asks it to generate them GENERATING_AT_ONCE at a time: each
+   time a slot frees, the wanted tile nearest the centre of the view now, tiles of the main view
+   before the navigator's (prefetch). A tile that leaves the view (panned away, or a level the
+   zoom no longer needs) is cancelled on the server, which drops it if no one else waits, and
+   kept here, unsent, until the view needs it again. */
+// The server makes one tile at a time per device; two keep it busy while the next is chosen.
+const GENERATING_AT_ONCE = 2;
+
 class TileSocket {
-  constructor(slide) {
+  constructor(slide, viewer) {
     this.url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/api/slides/${slide.id}/tiles`;
-    this.pending = new Map();
+    this.viewer = viewer;
+    // id -> { context, prefetch, state: "probing" | "waiting" | "generating" }
+    this.entries = new Map();
     this.nextId = 1;
     this.closed = false;
     this.connect();
@@ -59,37 +76,90 @@ class TileSocket {
     this.ws.onmessage = (ev) => {
       if (typeof ev.data === "string") {
         const m = JSON.parse(ev.data);
-        const ctx = this.pending.get(m.id);
-        this.pending.delete(m.id);
-        if (ctx) ctx.fail(`tile ${m.status}: ${m.error}`);
+        const entry = this.entries.get(m.id);
+        if (entry && m.status === 202) { entry.state = "waiting"; this.dispatch(); return; }
+        this.entries.delete(m.id);
+        if (entry) entry.context.fail(`tile ${m.status}: ${m.error}`);
         if (m.status === 503) showMessage("The server is busy; tiles will be retried.");
+        this.dispatch();
         return;
       }
       const id = new DataView(ev.data).getUint32(0);
-      const ctx = this.pending.get(id);
-      this.pending.delete(id);
-      if (ctx) ctx.finish(new Blob([ev.data.slice(4)], { type: "image/jpeg" }), null, "rasterBlob");
+      const entry = this.entries.get(id);
+      this.entries.delete(id);
+      if (entry) entry.context.finish(new Blob([ev.data.slice(4)], { type: "image/jpeg" }), null, "rasterBlob");
+      this.dispatch();
     };
     this.ws.onclose = () => {
-      for (const ctx of this.pending.values()) ctx.fail("tile connection closed");
-      this.pending.clear();
+      for (const entry of this.entries.values()) entry.context.fail("tile connection closed");
+      this.entries.clear();
       if (!this.closed) setTimeout(() => this.connect(), 2000);
     };
   }
-  async get(context) {
+  send(id, context, generate) {
     const m = /_files\/(\d+)\/(\d+)_(\d+)\.\w+$/.exec(context.src);
-    if (!m) { context.fail("bad tile url"); return; }
+    this.ws.send(JSON.stringify({ op: "get", id, level: +m[1], col: +m[2], row: +m[3], generate }));
+  }
+  async get(context, prefetch) {
+    if (!/_files\/(\d+)\/(\d+)_(\d+)\.\w+$/.test(context.src)) { context.fail("bad tile url"); return; }
     const id = this.nextId++;
     context.userData.tileSocketId = id;
-    this.pending.set(id, context);
+    this.entries.set(id, { context, prefetch, state: "probing" });
     await this.ready;
-    if (this.ws.readyState !== WebSocket.OPEN) { this.pending.delete(id); context.fail("not connected"); return; }
-    this.ws.send(JSON.stringify({ op: "get", id, level: +m[1], col: +m[2], row: +m[3] }));
+    if (this.ws.readyState !== WebSocket.OPEN) { this.entries.delete(id); context.fail("not connected"); return; }
+    this.send(id, context, false);
   }
   abort(context) {
     const id = context.userData.tileSocketId;
-    if (id && this.pending.delete(id) && this.ws.readyState === WebSocket.OPEN) {
+    const entry = this.entries.get(id);
+    if (!entry) return;
+    this.entries.delete(id);
+    if (entry.state !== "waiting" && this.ws.readyState === WebSocket.OPEN) {
       this.ws.send(JSON.stringify({ op: "cancel", id }));
+    }
+    this.dispatch();
+  }
+  // How much the view needs a tile now: lower first, Infinity for not at all.
+  priority(entry) {
+    const tile = entry.context.tile, viewer = this.viewer;
+    if (!tile || !viewer.world.getItemCount()) return entry.prefetch ? 2e6 : 1e6;
+    if (entry.prefetch) return 1e6; // the navigator shows the whole slide: always wanted, last
+    const item = viewer.world.getItemAt(0);
+    const view = viewer.viewport.getBounds(true);
+    const b = tile.bounds;
+    if (b.x > view.x + view.width || b.x + b.width < view.x ||
+        b.y > view.y + view.height || b.y + b.height < view.y) return Infinity; // off screen
+    // level pixels per screen pixel: OpenSeadragon stops at 2 (maxZoomPixelRatio), so a finer
+    // level is left over from a deeper zoom; so is one above the magnification the view shows
+    const zoom = item.viewportToImageZoom(viewer.viewport.getZoom(true));
+    const levelPerScreen = Math.pow(2, tile.level - (state.dzMax ?? item.source.maxLevel)) / zoom;
+    if (levelPerScreen > 2.5 || tile.level > item.source.maxLevel) return Infinity;
+    const c = view.getCenter();
+    const dx = b.x + b.width / 2 - c.x, dy = b.y + b.height / 2 - c.y;
+    return Math.hypot(dx, dy) / view.width;
+  }
+  // Cancel generation of tiles the view left; start the most needed waiting ones.
+  dispatch() {
+    if (this.ws.readyState !== WebSocket.OPEN) return;
+    let generating = 0;
+    const waiting = [];
+    for (const [id, entry] of this.entries) {
+      const p = entry.state === "probing" ? 0 : this.priority(entry);
+      if (entry.state === "generating") {
+        if (p === Infinity) {
+          entry.state = "waiting";
+          this.ws.send(JSON.stringify({ op: "cancel", id }));
+        } else {
+          generating++;
+        }
+      } else if (entry.state === "waiting" && p !== Infinity) {
+        waiting.push([p, id, entry]);
+      }
+    }
+    waiting.sort((a, b) => a[0] - b[0]);
+    for (const [, id, entry] of waiting.slice(0, Math.max(0, GENERATING_AT_ONCE - generating))) {
+      entry.state = "generating";
+      this.send(id, entry.context, true);
     }
   }
   close() { this.closed = true; this.ws.close(); }
@@ -97,7 +167,7 @@ class TileSocket {
 
 function openSlide(slide) {
   if (state.tiles) state.tiles.close();
-  state.tiles = new TileSocket(slide);
+  state.tiles = new TileSocket(slide, state.viewer);
   state.slide = slide;
   for (const el of state.overlays.values()) state.viewer.removeOverlay(el);
   state.overlays.clear();
@@ -230,13 +300,17 @@ async function newSlide(seed) {
 function main() {
   state.viewer = createViewer();
   window.lazyslide = state; // for tests and the curious
-  const useTileSocket = (e) => {
+  const useTileSocket = (prefetch) => (e) => {
     const source = e.item.source, tiles = state.tiles;
-    source.downloadTileStart = (context) => tiles.get(context);
+    source.downloadTileStart = (context) => tiles.get(context, prefetch);
     source.downloadTileAbort = (context) => tiles.abort(context);
   };
-  state.viewer.world.addHandler("add-item", useTileSocket);
-  if (state.viewer.navigator) state.viewer.navigator.world.addHandler("add-item", useTileSocket);
+  state.viewer.world.addHandler("add-item", useTileSocket(false));
+  if (state.viewer.navigator) state.viewer.navigator.world.addHandler("add-item", useTileSocket(true));
+  let reviewing = null; // re-rank what to generate as the view moves (at most every 200 ms)
+  state.viewer.addHandler("viewport-change", () => {
+    if (reviewing === null) reviewing = setTimeout(() => { reviewing = null; state.tiles.dispatch(); }, 200);
+  });
   state.viewer.addHandler("animation", updateReadout);
   state.viewer.addHandler("open", updateReadout);
   state.viewer.addHandler("resize", updateReadout);
