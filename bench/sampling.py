@@ -1,27 +1,29 @@
 """Benchmark: what does each way of sampling a tile cost, and what does it give?
 
-Rows: one model sampled several ways (sampler family x steps per cascade stage x RePaint
-resamples), the model's own setting first as the baseline, all in this run. For each row the
-lazy engine makes the tiles ``bench/demo_quality.py`` measures (per seed the level-0 overview
-and a block of level-1 and level-2 tiles around the slide's tissue, with every dependency), and
-the table gives:
+Rows: a model sampled several ways (sampler family x steps per cascade stage x RePaint
+resamples), the model's own setting first as the baseline, all in this run; a row may name
+another model with the same geometry (``MODEL@SAMPLER:STEPS:RESAMPLE``, e.g. one trained with
+trained inpainting). For each row the lazy engine makes the tiles ``bench/demo_quality.py``
+measures (per seed the level-0 overview and a block of level-1 and level-2 tiles around the
+slide's tissue, with every dependency), and the table gives:
 
 - evaluations per inpainted tile: network calls a tile with known pixels costs, sum over the
   cascade of steps x resamples (the wrapper's arithmetic; the measured mean per generated tile,
   counted at the network call, is beside it: tiles without known pixels take one pass);
-- seconds per generated tile at levels 1-2 on this machine;
+- seconds per inpainted tile on this machine: ``generate`` timed on the same ``--time-tiles``
+  level-2 jobs (the known pixels and parent window of the baseline's inpainted block tiles) for
+  every row, one tile per call as the slide makes them, so a stored row is timed too;
 - seam score over the inpainted tiles (``lazyslide.evaluation.seams``; 1 = invisible);
 - FID at levels 1 and 2 to real patches at the same um/px (demo_quality's protocol and real
   patches, the same n in every row).
 
 Rows that cost fewer evaluations than the baseline at no worse FID (both levels) and seam score
-are marked with *. Each row is another fingerprint, so with ``--store`` its tiles are kept apart
-and a rerun reuses them (a row whose tiles were all stored shows nan seconds and ratios: time
-with a fresh store).
+(or one <= 1.2) are marked with *. Each row is another fingerprint, so with ``--store`` its
+tiles are kept apart and a rerun reuses them.
 
     .venv/bin/python bench/sampling.py [--model demo] [--seeds 4] [--block 3] \\
         [--data data/demo-dataset] [--store DIR] [--baseline ancestral:64,32,32:3] \\
-        [--row ddim:16,16,16:1 ...]
+        [--row ddim:16,16,16:1 ...] [--row data/other-model@dpmpp-2m:16,16,16:1 ...]
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from lazyslide.evaluation.features import InceptionFeatures  # noqa: E402
 from lazyslide.evaluation.fid import fid  # noqa: E402
 from lazyslide.evaluation.samples import block_tiles, level_patches  # noqa: E402
 from lazyslide.evaluation.seams import known_mask, seam_score  # noqa: E402
+from lazyslide.generator import TileJob, generate  # noqa: E402
 from lazyslide.store import MemoryStore, TileStore  # noqa: E402
 
 DEFAULT_ROWS = ["ddim:16,16,16:1", "dpmpp-2m:16,16,16:1", "dpmpp-2m:8,8,8:1", "dpmpp-2m:16,16,16:2"]
@@ -48,6 +51,7 @@ DEFAULT_ROWS = ["ddim:16,16,16:1", "dpmpp-2m:16,16,16:1", "dpmpp-2m:8,8,8:1", "d
 
 def parse_row(text: str, stages: int) -> dict:
     """SAMPLER:STEPS:RESAMPLE, e.g. dpmpp-2m:16,16,16:1 (one resample value: every stage)."""
+    text = text.rsplit("@", 1)[-1]
     try:
         sampler, steps, resample = text.split(":")
         steps_ = [int(v) for v in steps.split(",")]
@@ -60,13 +64,43 @@ def parse_row(text: str, stages: int) -> dict:
     return {"sampler": sampler, "steps": steps_, "resample": resample_}
 
 
+def row_model(base: URCDM, text: str, stages: int) -> URCDM:
+    """The row's model: ``base`` or the model before '@', sampled as the row says."""
+    model = base
+    if "@" in text:
+        model = URCDM.from_spec(text.rsplit("@", 1)[0])
+        if model.geometry != base.geometry:
+            raise SystemExit(f"--row {text!r}: its model's geometry is not the baseline's")
+    return model.with_sampling(**parse_row(text, stages))
+
+
+def timing_jobs(model: URCDM, seeds: list[int], block: int, store, k: int) -> list[TileJob]:
+    """``k`` level-2 jobs with known pixels, from the blocks ``measure`` made for ``model``."""
+    jobs = []
+    for seed in seeds:
+        slide = Slide(model, seed, store, make_level0=False)
+        for t in block_tiles(slide, 2, block):
+            job = slide._job(t)
+            if job.mask.any() and slide._has_tissue(job):
+                jobs.append(job)
+    return jobs[:k]
+
+
+def seconds_per_tile(model: URCDM, jobs: list[TileJob]) -> float:
+    """Median seconds of ``generate`` per job, one job per call (as the slide makes tiles)."""
+    times = []
+    for job in jobs:
+        t0 = time.perf_counter()
+        generate(model, [job])
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) if times else float("nan")
+
+
 def measure(model: URCDM, seeds: list[int], block: int, store) -> dict:
     """Tiles of the blocks (``level_patches``, as demo_quality chooses them), with cost and seam
     numbers."""
     slides = [Slide(model, seed, store, make_level0=False) for seed in seeds]
-    started = time.perf_counter()
     tiles = {lv: level_patches(slides, lv, block) for lv in (1, 2)}
-    seconds = time.perf_counter() - started
     inpainted, masks = [], []
     for slide in slides:
         for level in (1, 2):
@@ -82,7 +116,6 @@ def measure(model: URCDM, seeds: list[int], block: int, store) -> dict:
         "tiles": tiles,
         "evals_inpainted": sum(a * b for a, b in zip(s.steps, s.resample, strict=True)),
         "evals_per_tile": evals / made if made else float("nan"),
-        "seconds_per_tile": seconds / made if made else float("nan"),
         "generated": made,
         "seam": seam_score(inpainted, masks),
     }
@@ -98,7 +131,9 @@ def main() -> None:
     p.add_argument("--baseline", help="the baseline row, SAMPLER:STEPS:RESAMPLE (default: the "
                    "model's own sampling)")
     p.add_argument("--row", action="append",
-                   help=f"SAMPLER:STEPS:RESAMPLE (default: {' '.join(DEFAULT_ROWS)})")
+                   help=f"[MODEL@]SAMPLER:STEPS:RESAMPLE (default: {' '.join(DEFAULT_ROWS)})")
+    p.add_argument("--time-tiles", type=int, default=6,
+                   help="level-2 inpainted tiles each row is timed on (default 6)")
     args = p.parse_args()
 
     base = URCDM.from_spec(args.model)
@@ -107,13 +142,16 @@ def main() -> None:
         base = base.with_sampling(**parse_row(args.baseline, stages))
     rows = [("baseline " + (args.baseline or "(the model's)"), base)]
     for text in args.row or DEFAULT_ROWS:
-        rows.append((text, base.with_sampling(**parse_row(text, stages))))
+        rows.append((text, row_model(base, text, stages)))
     seeds = list(range(args.seeds))
     store = TileStore(args.store) if args.store else MemoryStore()
     results = {}
     for name, model in rows:
         results[name] = measure(model, seeds, args.block, store)
         print(f"{name}: {results[name]['generated']} tiles made", file=sys.stderr, flush=True)
+    jobs = timing_jobs(base, seeds, args.block, store, args.time_tiles)
+    for name, model in rows:
+        results[name]["seconds_per_tile"] = seconds_per_tile(model, jobs)
     n = {lv: min(len(r["tiles"][lv]) for r in results.values()) for lv in (1, 2)}
     real = real_patches(base, args.data, max(n.values()))
     extract = InceptionFeatures()
@@ -123,7 +161,8 @@ def main() -> None:
 
     print("command: .venv/bin/python " + " ".join(sys.argv))
     print(f"model {args.model} ({base.fingerprint}), seeds {args.seeds}, block {args.block}x{args.block}, "
-          f"FID n: level 1 {n[1]}, level 2 {n[2]} (same in every row)")
+          f"FID n: level 1 {n[1]}, level 2 {n[2]} (same in every row), s/tile: median of "
+          f"{len(jobs)} level-2 inpainted tiles")
     cols = ["evals/inpainted", "evals/tile", "x evals", "s/tile", "x time", "seam", "FID L1", "FID L2"]
     print(f"{'':24s}" + "".join(f"{c:>16s}" for c in cols))
     b = results[rows[0][0]]
