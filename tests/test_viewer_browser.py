@@ -76,3 +76,32 @@ def test_zoom_to_the_deepest_level_in_a_real_browser(model, tmp_path):
     assert not errors, errors
     assert deep.std() > 10, "the deepest level is blank"
     assert np.abs(deep - parent).mean() > 5, "the deepest level looks like the upscaled parent"
+
+
+def test_the_viewer_generates_the_views_centre_first_two_at_a_time(model, tmp_path):
+    """After a zoom, the first generation the viewer starts is the tile at the view's centre,
+    each one started is the waiting tile nearest the centre, at most two generate at once, and
+    the navigator's tiles are not marked as the view's (viewer/app.js, TileSocket.dispatch)."""
+    from playwright.sync_api import sync_playwright
+
+    with LiveServer(model, tmp_path / "store") as live, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM,
+                                    args=["--headless", "--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 480, "height": 360})
+        page.goto(live.url + "/")
+        page.wait_for_function("window.lazyslide && window.lazyslide.viewer.world.getItemCount() > 0",
+                               timeout=60_000)
+        wait_loaded(page)
+        page.evaluate("""() => { const s = window.lazyslide, v = s.viewer, item = v.world.getItemAt(0);
+            s.trace.length = 0;
+            const c = item.imageToViewportCoordinates(640, 640);
+            v.viewport.panTo(c, true); v.viewport.zoomTo(item.imageToViewportZoom(0.5), c); }""")
+        page.wait_for_function("document.getElementById('level').textContent === '2'", timeout=10_000)
+        page.wait_for_function("window.lazyslide.trace.length >= 2", timeout=60_000)
+        time.sleep(2)
+        trace = page.evaluate("window.lazyslide.trace")
+        browser.close()
+    assert trace[0]["priority"] < 0.05, trace  # the centre (distance in view widths)
+    assert all(t["nextBest"] is None or t["priority"] <= t["nextBest"] for t in trace), trace
+    assert max(t["generating"] for t in trace) <= 2
+    assert all(t["priority"] < 1e6 for t in trace), "view tiles taken for the navigator's"

@@ -2,7 +2,8 @@
    overlays from the server-sent events stream. */
 "use strict";
 
-const state = { slide: null, viewer: null, events: null, overlays: new Map(), dzMax: null };
+// trace: the last generation choices (TileSocket.dispatch), for tests and the curious
+const state = { slide: null, viewer: null, events: null, overlays: new Map(), dzMax: null, trace: [] };
 // Show a magnification level upscaled up to this factor before asking for the next (deeper,
 // lazily generated) one: zooming out never triggers generation of a whole deep level.
 // bench/upscale.py (demo model, levels 1 -> 2, 6.46x apart): upscaled 2x, real tissue keeps 0.72
@@ -127,13 +128,17 @@ class TileSocket {
     const item = viewer.world.getItemAt(0);
     const view = viewer.viewport.getBounds(true);
     const b = tile.bounds;
-    if (b.x > view.x + view.width || b.x + b.width < view.x ||
-        b.y > view.y + view.height || b.y + b.height < view.y) return Infinity; // off screen
-    // level pixels per screen pixel: OpenSeadragon stops at 2 (maxZoomPixelRatio), so a finer
-    // level is left over from a deeper zoom; so is one above the magnification the view shows
+    // off screen, with a margin: OpenSeadragon waits for every tile it asked for, so a tile it
+    // still wants must never be held back (it asks for tiles touching the view's edge)
+    const mx = view.width * 0.1, my = view.height * 0.1;
+    if (b.x > view.x + view.width + mx || b.x + b.width < view.x - mx ||
+        b.y > view.y + view.height + my || b.y + b.height < view.y - my) return Infinity;
+    // level pixels per screen pixel: OpenSeadragon asks for at most 2, so a level 4 times finer
+    // than the screen is left over from a deeper zoom; so is one above the magnification the
+    // view shows (limitDeepZoomLevel)
     const zoom = item.viewportToImageZoom(viewer.viewport.getZoom(true));
     const levelPerScreen = Math.pow(2, tile.level - (state.dzMax ?? item.source.maxLevel)) / zoom;
-    if (levelPerScreen > 2.5 || tile.level > item.source.maxLevel) return Infinity;
+    if (levelPerScreen > 4 || tile.level > item.source.maxLevel) return Infinity;
     const c = view.getCenter();
     const dx = b.x + b.width / 2 - c.x, dy = b.y + b.height / 2 - c.y;
     return Math.hypot(dx, dy) / view.width;
@@ -157,10 +162,14 @@ class TileSocket {
       }
     }
     waiting.sort((a, b) => a[0] - b[0]);
-    for (const [, id, entry] of waiting.slice(0, Math.max(0, GENERATING_AT_ONCE - generating))) {
+    waiting.slice(0, Math.max(0, GENERATING_AT_ONCE - generating)).forEach(([p, id, entry], i) => {
       entry.state = "generating";
       this.send(id, entry.context, true);
-    }
+      // what was chosen, the best priority left waiting, how many were generating
+      state.trace.push({ priority: p, nextBest: waiting[i + 1] ? waiting[i + 1][0] : null,
+                         generating: generating + i + 1 });
+      if (state.trace.length > 1000) state.trace.shift();
+    });
   }
   close() { this.closed = true; this.ws.close(); }
 }
@@ -300,13 +309,16 @@ async function newSlide(seed) {
 function main() {
   state.viewer = createViewer();
   window.lazyslide = state; // for tests and the curious
-  const useTileSocket = (prefetch) => (e) => {
-    const source = e.item.source, tiles = state.tiles;
-    source.downloadTileStart = (context) => tiles.get(context, prefetch);
-    source.downloadTileAbort = (context) => tiles.abort(context);
+  // The navigator's image shares the main image's tile source: tell them apart by the tile's
+  // image (the navigator's tiles are prefetch, generated after the view's own).
+  const useTileSocket = (e) => {
+    const source = e.item.source;
+    source.downloadTileStart = (context) => state.tiles.get(
+      context, !!context.tile && context.tile.tiledImage !== state.viewer.world.getItemAt(0));
+    source.downloadTileAbort = (context) => state.tiles.abort(context);
   };
-  state.viewer.world.addHandler("add-item", useTileSocket(false));
-  if (state.viewer.navigator) state.viewer.navigator.world.addHandler("add-item", useTileSocket(true));
+  state.viewer.world.addHandler("add-item", useTileSocket);
+  if (state.viewer.navigator) state.viewer.navigator.world.addHandler("add-item", useTileSocket);
   let reviewing = null; // re-rank what to generate as the view moves (at most every 200 ms)
   state.viewer.addHandler("viewport-change", () => {
     if (reviewing === null) reviewing = setTimeout(() => { reviewing = null; state.tiles.dispatch(); }, 200);
