@@ -332,6 +332,8 @@ async def tiles_socket(request: web.Request) -> web.WebSocketResponse:
             data = await tile_bytes(s, entry, level, col, row, "JPEG", generate=generate)
             await ws.send_bytes(rid.to_bytes(4, "big") + data)
         except web.HTTPException as e:
+            if isinstance(e, web.HTTPAccepted):  # asked again to generate: one request, not two
+                s.metrics.count("requests", -1)
             await ws.send_json({"id": rid, "status": e.status, "error": e.text})
         except (ConnectionResetError, ConnectionError):
             pass

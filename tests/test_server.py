@@ -207,6 +207,7 @@ async def test_websocket_tiles_that_need_generation_wait_for_the_viewer_to_ask(c
         await ws.send_json({"op": "get", "id": 3, "level": 11, "col": 2, "row": 3, "generate": False})
         again = await ws.receive_bytes()
         assert made[4:] == again[4:] and int.from_bytes(again[:4], "big") == 3
+    assert server.metrics.requests == 2  # the 202 and its generating retry count once
 
 
 @pytest.mark.parametrize("path, status", [
