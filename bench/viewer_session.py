@@ -26,14 +26,13 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).parent))
 
-from lazyslide import URCDM, Slide, TileStore  # noqa: E402
-from lazyslide.background import tissue_mask  # noqa: E402
+from screenshots import CHROMIUM, tissue_point  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
+from lazyslide import URCDM, TileStore  # noqa: E402
+
 SHARP = """() => { const s = window.lazyslide, item = s.viewer.world.getItemAt(0);
     return !!item && item.getFullyLoaded() && s.overlays.size === 0; }"""
 
@@ -91,12 +90,7 @@ def main() -> None:
         t_ready = time.perf_counter() - t_start
         # where to zoom: level 0 (made at start-up, read from the shared store)
         model = URCDM.from_spec(args.model)
-        level0 = Slide(model, args.seed, TileStore(store)).tile(0, 0, 0)
-        ys, xs = np.nonzero(tissue_mask(level0, model.background))
-        i = np.argmin((xs - xs.mean()) ** 2 + (ys - ys.mean()) ** 2) if len(xs) else None
-        scale = model.geometry.canvases[-1] / model.geometry.canvases[0]
-        x, y = ((xs[i] + 0.5) * scale, (ys[i] + 0.5) * scale) if i is not None else \
-            (model.geometry.canvases[-1] / 2,) * 2
+        x, y = tissue_point(model, args.seed, TileStore(store))
         deepest = str(model.geometry.levels - 1)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=[

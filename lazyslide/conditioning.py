@@ -57,14 +57,16 @@ def inpainting(config: dict) -> str:
     return name
 
 
+def has_neighbours(config: dict, level: int) -> bool:
+    """Whether tiles of ``level`` overlap neighbours (a one-tile level never inpaints)."""
+    g = config["geometry"]
+    return g["canvases"][level] > g["tile"] and g["overlap"] > 0
+
+
 def trained_inpainting(config: dict, level: int) -> bool:
     """Whether the unets of ``level`` take the known pixels as conditioning: trained inpainting,
-    on a canvas of more than one tile (a one-tile level never has neighbours)."""
-    if inpainting(config) != "trained":
-        return False
-    g = config["geometry"]
-    canvas, tile, overlap = g["canvases"][level], g["tile"], g["overlap"]
-    return canvas > tile and overlap > 0
+    on a level whose tiles have neighbours."""
+    return inpainting(config) == "trained" and has_neighbours(config, level)
 
 
 def cond_channels(config: dict, level: int) -> int:
@@ -73,14 +75,19 @@ def cond_channels(config: dict, level: int) -> int:
     return window + (INPAINTING["trained"] if trained_inpainting(config, level) else 0)
 
 
-def known_image(known: Tensor, mask: Tensor, size: int) -> Tensor:
-    """The trained-inpainting channels at ``size`` px: known pixels (model space, zero where
-    unknown) and the mask (1 known, 0 not). ``known`` (B, 3, T, T) and ``mask`` (B, 1, T, T)
-    are at tile resolution; the pixels are area-resized and the mask subsampled, exactly as the
-    sampler downsamples them for its known-pixel replacement."""
+def subsample_mask(mask: Tensor, size: int) -> Tensor:
+    """A (B, 1, T, T) known-pixel mask at a cascade stage's ``size``: every (T / size)-th pixel
+    (overlaps are whole multiples of it, so no stage pixel straddles the mask's edge)."""
     f = mask.shape[-1] // size
-    m = mask[..., ::f, ::f].to(known.dtype)
-    return torch.cat([resize(known, size) * m, m], dim=1)
+    return mask[..., ::f, ::f]
+
+
+def known_image(known: Tensor, mask: Tensor) -> Tensor:
+    """The trained-inpainting channels: known pixels (model space, zero where unknown) and the
+    mask (1 known, 0 not), from the stage-size pixels (``resize``) and mask (``subsample_mask``)
+    the sampler replaces, so the unet sees exactly what the sampler keeps."""
+    m = mask.to(known.dtype)
+    return torch.cat([known * m, m], dim=1)
 
 
 def to_model_space(images: Sequence[np.ndarray] | np.ndarray) -> Tensor:

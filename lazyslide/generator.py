@@ -22,6 +22,7 @@ from .conditioning import (
     conditioning,
     known_image,
     resize,
+    subsample_mask,
     to_model_space,
     to_uint8,
     trained_inpainting,
@@ -98,20 +99,20 @@ def generate(model: URCDM, jobs: Sequence[TileJob], *, unet_level: int | None = 
     trained = trained_inpainting(model.config, unet_level)
     x = None
     for index, size in enumerate(geom.cascade):
-        f = t // size
         stage = Stage.from_config(model.config, index, model.sampling)
         noise = TileNoise([derive_seed("tile", j.seed, *j.tile, index) for j in jobs], device)
+        known_s, mask_s = resize(known, size), subsample_mask(mask, size)
         conds = [cond_image(windows, size, mode, footprints)] if windows is not None else []
         if trained:  # the known pixels as the unet was trained to take them (``known_image``)
-            conds.append(known_image(known, mask, size))
+            conds.append(known_image(known_s, mask_s))
         x = stage.run(
             counted(model.denoiser(unet_level, index), evaluations, level),
             noise,
             size,
             lowres=None if x is None else resize(x, size),
             cond=torch.cat(conds, dim=1).to(device) if conds else None,
-            known=resize(known, size),
-            mask=mask[..., ::f, ::f],
+            known=known_s,
+            mask=mask_s,
         )
     tiles = to_uint8(x)
     for tile, job in zip(tiles, jobs, strict=True):

@@ -16,6 +16,7 @@ from lazyslide.conditioning import (
     crop_resize,
     known_image,
     resize,
+    subsample_mask,
     to_model_space,
 )
 from lazyslide.geometry import TileId
@@ -133,7 +134,7 @@ def test_known_image_is_the_known_pixels_and_the_mask_at_the_stage_size():
     known = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
     mask = torch.zeros(2, 1, 32, 32, dtype=torch.bool)
     mask[0, :, :, :4] = True  # a left strip of 4 px: 1 px at 8 px
-    img = known_image(known, mask, 8)
+    img = known_image(resize(known, 8), subsample_mask(mask, 8))
     assert img.shape == (2, 4, 8, 8)
     assert torch.equal(img[:, 3:], mask[..., ::4, ::4].float())
     assert torch.allclose(img[0, :3, :, :1], resize(known, 8)[0, :, :, :1])
@@ -171,7 +172,9 @@ def test_trained_inpainting_hands_the_unet_the_known_pixels_and_mask():
     hook.remove()
     job = slide._job(tile)
     cond = seen[-1]  # made last, after its neighbours
-    want = known_image(to_model_space([job.known]), torch.from_numpy(job.mask)[None, None], cond.shape[-1])
+    size = cond.shape[-1]
+    want = known_image(resize(to_model_space([job.known]), size),
+                       subsample_mask(torch.from_numpy(job.mask)[None, None], size))
     assert job.mask.any() and torch.allclose(cond[:, 3:], want, atol=1e-6)
     assert np.array_equal(pixels[job.mask], job.known[job.mask])
     assert np.array_equal(pixels, Slide(_trained_model(), seed=3, store=MemoryStore()).tile(*tile))

@@ -64,7 +64,7 @@ class TileSocket {
   constructor(slide, viewer) {
     this.url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/api/slides/${slide.id}/tiles`;
     this.viewer = viewer;
-    // id -> { context, prefetch, state: "probing" | "waiting" | "generating" }
+    // id -> { context, address: {level, col, row}, prefetch, state: "probing" | "waiting" | "generating" }
     this.entries = new Map();
     this.nextId = 1;
     this.closed = false;
@@ -97,74 +97,87 @@ class TileSocket {
       if (!this.closed) setTimeout(() => this.connect(), 2000);
     };
   }
-  send(id, context, generate) {
-    const m = /_files\/(\d+)\/(\d+)_(\d+)\.\w+$/.exec(context.src);
-    this.ws.send(JSON.stringify({ op: "get", id, level: +m[1], col: +m[2], row: +m[3], generate }));
+  send(id, entry, generate) {
+    this.ws.send(JSON.stringify({ op: "get", id, ...entry.address, generate }));
+  }
+  cancel(id) {
+    if (this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify({ op: "cancel", id }));
   }
   async get(context, prefetch) {
-    if (!/_files\/(\d+)\/(\d+)_(\d+)\.\w+$/.test(context.src)) { context.fail("bad tile url"); return; }
+    const m = /_files\/(\d+)\/(\d+)_(\d+)\.\w+$/.exec(context.src);
+    if (!m) { context.fail("bad tile url"); return; }
     const id = this.nextId++;
     context.userData.tileSocketId = id;
-    this.entries.set(id, { context, prefetch, state: "probing" });
+    const entry = { context, address: { level: +m[1], col: +m[2], row: +m[3] }, prefetch, state: "probing" };
+    this.entries.set(id, entry);
     await this.ready;
     if (this.ws.readyState !== WebSocket.OPEN) { this.entries.delete(id); context.fail("not connected"); return; }
-    this.send(id, context, false);
+    this.send(id, entry, false);
   }
   abort(context) {
     const id = context.userData.tileSocketId;
     const entry = this.entries.get(id);
     if (!entry) return;
     this.entries.delete(id);
-    if (entry.state !== "waiting" && this.ws.readyState === WebSocket.OPEN) {
-      this.ws.send(JSON.stringify({ op: "cancel", id }));
-    }
+    if (entry.state !== "waiting") this.cancel(id);
     this.dispatch();
   }
-  // How much the view needs a tile now: lower first, Infinity for not at all.
-  priority(entry) {
-    const tile = entry.context.tile, viewer = this.viewer;
-    if (!tile || !viewer.world.getItemCount()) return entry.prefetch ? 2e6 : 1e6;
-    if (entry.prefetch) return 1e6; // the navigator shows the whole slide: always wanted, last
+  // What the view is now, for ranking tiles (null before the image is open).
+  view() {
+    const viewer = this.viewer;
+    if (!viewer.world.getItemCount()) return null;
     const item = viewer.world.getItemAt(0);
-    const view = viewer.viewport.getBounds(true);
-    const b = tile.bounds;
+    return {
+      bounds: viewer.viewport.getBounds(true),
+      zoom: item.viewportToImageZoom(viewer.viewport.getZoom(true)), // screen px per full-res px
+      maxLevel: item.source.maxLevel,
+      dzMax: state.dzMax ?? item.source.maxLevel,
+    };
+  }
+  // How much `view` needs a tile now: lower first, Infinity for not at all.
+  priority(entry, view) {
+    const tile = entry.context.tile;
+    if (!tile || !view) return entry.prefetch ? 2e6 : 1e6;
+    if (entry.prefetch) return 1e6; // the navigator shows the whole slide: always wanted, last
+    const v = view.bounds, b = tile.bounds;
     // off screen, with a margin: OpenSeadragon waits for every tile it asked for, so a tile it
     // still wants must never be held back (it asks for tiles touching the view's edge)
-    const mx = view.width * 0.1, my = view.height * 0.1;
-    if (b.x > view.x + view.width + mx || b.x + b.width < view.x - mx ||
-        b.y > view.y + view.height + my || b.y + b.height < view.y - my) return Infinity;
+    const mx = v.width * 0.1, my = v.height * 0.1;
+    if (b.x > v.x + v.width + mx || b.x + b.width < v.x - mx ||
+        b.y > v.y + v.height + my || b.y + b.height < v.y - my) return Infinity;
     // level pixels per screen pixel: OpenSeadragon asks for at most 2, so a level 4 times finer
     // than the screen is left over from a deeper zoom; so is one above the magnification the
     // view shows (limitDeepZoomLevel)
-    const zoom = item.viewportToImageZoom(viewer.viewport.getZoom(true));
-    const levelPerScreen = Math.pow(2, tile.level - (state.dzMax ?? item.source.maxLevel)) / zoom;
-    if (levelPerScreen > 4 || tile.level > item.source.maxLevel) return Infinity;
-    const c = view.getCenter();
+    const levelPerScreen = Math.pow(2, tile.level - view.dzMax) / view.zoom;
+    if (levelPerScreen > 4 || tile.level > view.maxLevel) return Infinity;
+    const c = v.getCenter();
     const dx = b.x + b.width / 2 - c.x, dy = b.y + b.height / 2 - c.y;
-    return Math.hypot(dx, dy) / view.width;
+    return Math.hypot(dx, dy) / v.width;
   }
   // Cancel generation of tiles the view left; start the most needed waiting ones.
   dispatch() {
     if (this.ws.readyState !== WebSocket.OPEN) return;
+    const view = this.view();
     let generating = 0;
     const waiting = [];
     for (const [id, entry] of this.entries) {
-      const p = entry.state === "probing" ? 0 : this.priority(entry);
+      if (entry.state === "probing") continue;
+      const p = this.priority(entry, view);
       if (entry.state === "generating") {
         if (p === Infinity) {
           entry.state = "waiting";
-          this.ws.send(JSON.stringify({ op: "cancel", id }));
+          this.cancel(id);
         } else {
           generating++;
         }
-      } else if (entry.state === "waiting" && p !== Infinity) {
+      } else if (p !== Infinity) {
         waiting.push([p, id, entry]);
       }
     }
     waiting.sort((a, b) => a[0] - b[0]);
     waiting.slice(0, Math.max(0, GENERATING_AT_ONCE - generating)).forEach(([p, id, entry], i) => {
       entry.state = "generating";
-      this.send(id, entry.context, true);
+      this.send(id, entry, true);
       // what was chosen, the best priority left waiting, how many were generating
       state.trace.push({ priority: p, nextBest: waiting[i + 1] ? waiting[i + 1][0] : null,
                          generating: generating + i + 1 });

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from ..conditioning import trained_inpainting
+from ..conditioning import has_neighbours
 from ..errors import ModelError
 from ..model import URCDM, default_config
 from ..sampler import SamplingConfig
@@ -42,7 +42,7 @@ def assemble(runs: Sequence[str | Path], out: str | Path, *, dtype: str = "float
     def relevant(s: dict) -> dict:
         m = dict(s["model"])
         mode = m.pop("inpainting", "repaint")
-        if trained_inpainting(dict(m, inpainting="trained"), s["level"]):
+        if has_neighbours(m, s["level"]):
             m["inpainting"] = mode
         return m
 

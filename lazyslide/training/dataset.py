@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..conditioning import centred_footprint, cond_image, known_image, resize, to_model_space
+from ..conditioning import centred_footprint, cond_image, known_image, resize, subsample_mask, to_model_space
 from ..geometry import Geometry, TileId
 from ..plan import Plan
 from .prepare import DatasetError, load_manifest
@@ -109,7 +109,7 @@ class PairDataset:
             cells = torch.randint(n * n, (len(idx),), generator=generator).tolist()
             masks = np.stack([self.inpainting.known_mask(g, TileId(self.level, c % n, c // n))
                               for c in cells])
-            conds.append(known_image(x, torch.from_numpy(masks)[:, None], size))
+            conds.append(known_image(x0, subsample_mask(torch.from_numpy(masks)[:, None], size)))
         cond = torch.cat(conds, dim=1) if conds else None
         if crop is not None and crop < size:
             ox, oy = torch.randint(size - crop + 1, (2,), generator=generator).tolist()

@@ -343,7 +343,8 @@ class Trainer:
             denoiser(self.model_config, ema), noise, size,
             lowres=None if b.lowres is None else b.lowres.to(dev),
             cond=None if b.cond is None else b.cond.to(dev), known=known, mask=mask)
-        window = None if b.cond is None else b.cond[:, :b.cond.shape[1] - (4 if mask is not None else 0)]
+        extra = INPAINTING["trained"] if mask is not None else 0  # the known pixels and mask
+        window = None if b.cond is None else b.cond[:, :b.cond.shape[1] - extra]
         conds = [] if window is None or not window.shape[1] else list(window.split(3, dim=1))
         if mask is not None:  # the known pixels, and the mask in white
             conds += [b.cond[:, -4:-1], b.cond[:, -1:].expand(-1, 3, -1, -1) * 2 - 1]
