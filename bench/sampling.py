@@ -39,29 +39,24 @@ sys.path.insert(0, str(Path(__file__).parent))
 from demo_quality import real_patches  # noqa: E402
 
 from lazyslide import URCDM, Slide  # noqa: E402
+from lazyslide.errors import ModelError  # noqa: E402
 from lazyslide.evaluation.features import InceptionFeatures  # noqa: E402
 from lazyslide.evaluation.fid import fid  # noqa: E402
 from lazyslide.evaluation.samples import block_tiles, level_patches  # noqa: E402
 from lazyslide.evaluation.seams import known_mask, seam_score  # noqa: E402
 from lazyslide.generator import TileJob, generate  # noqa: E402
+from lazyslide.sampler import parse_sampling  # noqa: E402
 from lazyslide.store import MemoryStore, TileStore  # noqa: E402
 
 DEFAULT_ROWS = ["ddim:16,16,16:1", "dpmpp-2m:16,16,16:1", "dpmpp-2m:8,8,8:1", "dpmpp-2m:16,16,16:2"]
 
 
 def parse_row(text: str, stages: int) -> dict:
-    """SAMPLER:STEPS:RESAMPLE, e.g. dpmpp-2m:16,16,16:1 (one resample value: every stage)."""
-    text = text.rsplit("@", 1)[-1]
+    """[MODEL@]SAMPLER:STEPS:RESAMPLE -> ``SamplingConfig`` fields (``parse_sampling``)."""
     try:
-        sampler, steps, resample = text.split(":")
-        steps_ = [int(v) for v in steps.split(",")]
-        resample_ = [int(v) for v in resample.split(",")]
-    except ValueError:
-        raise SystemExit(f"--row {text!r}: expected SAMPLER:STEPS:RESAMPLE, "
-                         "e.g. dpmpp-2m:16,16,16:1") from None
-    if len(resample_) == 1:
-        resample_ *= stages
-    return {"sampler": sampler, "steps": steps_, "resample": resample_}
+        return parse_sampling(text.rsplit("@", 1)[-1], stages)
+    except ModelError as e:
+        raise SystemExit(f"--row {e}") from None
 
 
 def row_model(base: URCDM, text: str, stages: int) -> URCDM:
@@ -111,10 +106,9 @@ def measure(model: URCDM, seeds: list[int], block: int, store) -> dict:
                     masks.append(mask)
     made = sum(s.generated[lv] for s in slides for lv in (1, 2))
     evals = sum(s.unet_evaluations[lv] for s in slides for lv in (1, 2))
-    s = model.sampling
     return {
         "tiles": tiles,
-        "evals_inpainted": sum(a * b for a, b in zip(s.steps, s.resample, strict=True)),
+        "evals_inpainted": max(model.sampling.evaluations(lv) for lv in (1, 2)),
         "evals_per_tile": evals / made if made else float("nan"),
         "generated": made,
         "seam": seam_score(inpainted, masks),

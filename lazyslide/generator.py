@@ -99,7 +99,7 @@ def generate(model: URCDM, jobs: Sequence[TileJob], *, unet_level: int | None = 
     trained = trained_inpainting(model.config, unet_level)
     x = None
     for index, size in enumerate(geom.cascade):
-        stage = Stage.from_config(model.config, index, model.sampling)
+        stage = Stage.from_config(model.config, index, model.sampling.for_level(level))
         noise = TileNoise([derive_seed("tile", j.seed, *j.tile, index) for j in jobs], device)
         known_s, mask_s = resize(known, size), subsample_mask(mask, size)
         conds = [cond_image(windows, size, mode, footprints)] if windows is not None else []

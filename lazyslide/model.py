@@ -227,9 +227,9 @@ class URCDM:
 
     def with_sampling(self, **changes: Any) -> URCDM:
         """The same weights with other sampling settings (``SamplingConfig`` fields: steps,
-        resample, threshold, sampler, ...): a different fingerprint, so its tiles are stored
+        resample, threshold, sampler, ..., at every level): a different fingerprint, so its tiles are stored
         apart from the original's. Built unets are shared (eval mode, frozen)."""
-        sampling = SamplingConfig.from_dict({**self.sampling.to_dict(), **changes})
+        sampling = self.sampling.with_changes(**changes)
         config = copy.deepcopy(self.config)
         config["sampling"] = sampling.to_dict()
         with self._lock:
@@ -326,6 +326,11 @@ class URCDM:
             if sch not in SCHEDULES:
                 raise ModelError(f"model config: unknown noise schedule {sch!r}")
         self._sampling = SamplingConfig.from_dict(s)
+        for level in self._sampling.levels:
+            steps = self._sampling.for_level(level).steps
+            if level >= n_levels or len(steps) != n_stages:
+                raise ModelError(f"model config sampling levels: level {level} with {len(steps)} "
+                                 f"step counts (the model has {n_levels} levels of {n_stages} stages)")
         architecture(c)  # a known architecture
         conditioning(c)  # a known conditioning
         inpainting(c)  # a known inpainting mode

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
@@ -279,23 +279,48 @@ def sample(
 # -- how a model samples ------------------------------------------------------------------------
 #: Settings added after the first models: at these values they are not written to a config.
 _IMPLICIT = {"sampler": "ancestral"}
+#: What a magnification level may sample differently.
+_LEVEL_FIELDS = {"steps", "resample", "threshold", *_IMPLICIT}
+
+
+def parse_sampling(text: str, stages: int) -> dict[str, Any]:
+    """``SamplingConfig`` fields from the short form SAMPLER:STEPS:RESAMPLE (one resample value:
+    every stage), e.g. ``dpmpp-2m:16,16,16:1`` or ``ancestral:64,32,32:2,2,1``."""
+    try:
+        sampler, steps, resample = text.split(":")
+        steps_ = [int(v) for v in steps.split(",")]
+        resample_ = [int(v) for v in resample.split(",")]
+    except ValueError:
+        raise ModelError(f"{text!r}: expected SAMPLER:STEPS:RESAMPLE, e.g. "
+                         "dpmpp-2m:16,16,16:1") from None
+    if len(steps_) != stages or len(resample_) not in (1, stages):
+        raise ModelError(f"{text!r}: expected {stages} step counts and 1 or {stages} resample "
+                         "counts (one per cascade stage)")
+    out = {"sampler": sampler, "steps": steps_,
+           "resample": resample_ * stages if len(resample_) == 1 else resample_}
+    SamplingConfig.from_dict(out)  # names a known sampler, counts in range
+    return out
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
     """Sampler family, steps and RePaint resamples per cascade stage and dynamic-threshold
-    percentile: everything besides the weights (and the network's inputs, which the model config
-    decides: ``conditioning.inpainting``) that decides a tile.
+    percentile, with what differs at some magnification levels (``levels``): everything besides
+    the weights (and the network's inputs, which the model config decides:
+    ``conditioning.inpainting``) that decides a tile.
 
     ``to_dict`` is what a model config stores and the fingerprint hashes. Fields at the values
-    that models had before they existed (sampler "ancestral") are left out of it, so those models
-    keep their fingerprints and stored tiles.
+    that models had before they existed (sampler "ancestral", no per-level settings) are left
+    out of it, so those models keep their fingerprints and stored tiles.
     """
 
     steps: tuple[int, ...]
     resample: tuple[int, ...]
     threshold: float = 0.95
     sampler: str = "ancestral"
+    #: per magnification level, the settings that differ there (e.g. level 0, one tile made
+    #: once per slide, sampled with more steps than the inpainted tiles below it)
+    levels: Mapping[int, Mapping[str, Any]] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(self.steps))
@@ -314,15 +339,29 @@ class SamplingConfig:
         t = self.threshold
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1:
             raise ModelError(f"sampling threshold must be a percentile in (0, 1], got {t!r}")
+        if not isinstance(self.levels, Mapping):
+            raise ModelError(f"sampling levels must map a level to its settings, got {self.levels!r}")
+        levels = {}
+        for key, changes in self.levels.items():
+            if not str(key).isdigit() or not isinstance(changes, Mapping) or not changes:
+                raise ModelError(f"sampling levels: expected a level number and the settings that "
+                                 f"differ there, got {key!r}: {changes!r}")
+            unknown = set(changes) - _LEVEL_FIELDS
+            if unknown:
+                raise ModelError(f"sampling level {key}: unknown settings {sorted(unknown)}")
+            levels[int(key)] = dict(changes)
+        object.__setattr__(self, "levels", levels)
+        for level in levels:
+            self.for_level(level)  # each level's settings must be valid on their own
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SamplingConfig:
-        unknown = set(d) - {"steps", "resample", "threshold", "sampler"}
+        unknown = set(d) - {"steps", "resample", "threshold", "levels", *_IMPLICIT}
         if unknown:
             raise ModelError(f"unknown sampling settings {sorted(unknown)}")
         try:
             return cls(steps=tuple(d["steps"]), resample=tuple(d["resample"]),
-                       **{k: d[k] for k in ("threshold", "sampler") if k in d})
+                       **{k: d[k] for k in ("threshold", "levels", *_IMPLICIT) if k in d})
         except KeyError as e:
             raise ModelError(f"model config sampling: missing {e}") from None
         except TypeError as e:
@@ -332,12 +371,46 @@ class SamplingConfig:
         out: dict[str, Any] = {"steps": list(self.steps), "resample": list(self.resample),
                                "threshold": self.threshold}
         out.update({k: getattr(self, k) for k, v in _IMPLICIT.items() if getattr(self, k) != v})
+        if self.levels:
+            out["levels"] = {str(lv): {k: list(v) if isinstance(v, tuple) else v
+                                       for k, v in changes.items()}
+                             for lv, changes in sorted(self.levels.items())}
         return out
+
+    def for_level(self, level: int) -> SamplingConfig:
+        """How tiles of magnification ``level`` sample (this config with that level's changes)."""
+        changes = self.levels.get(level)
+        if not changes:
+            return self if not self.levels else replace(self, levels={})
+        try:
+            return replace(self, levels={}, **changes)
+        except ModelError as e:
+            raise ModelError(f"sampling level {level}: {e}") from None
+
+    def with_changes(self, **changes: Any) -> SamplingConfig:
+        """These settings at every level (a level's own value for a changed setting is dropped);
+        ``levels=`` replaces the per-level settings."""
+        levels = changes.pop("levels", None)
+        if levels is None:
+            levels = {lv: {k: v for k, v in c.items() if k not in changes}
+                      for lv, c in self.levels.items()}
+            levels = {lv: c for lv, c in levels.items() if c}
+        return SamplingConfig.from_dict({**self.to_dict(), **changes, "levels": levels})
+
+    def evaluations(self, level: int) -> int:
+        """Network evaluations of one inpainted tile of ``level``: steps x resamples, summed over
+        the cascade (a tile without known pixels takes one pass)."""
+        s = self.for_level(level)
+        return sum(a * b for a, b in zip(s.steps, s.resample, strict=True))
 
     @property
     def version(self) -> str:
-        """What the fingerprint appends for the sampler's code."""
-        return SAMPLERS[self.sampler].version
+        """What the fingerprint appends for the samplers' code."""
+        out = SAMPLERS[self.sampler].version
+        for level, changes in sorted(self.levels.items()):
+            if "sampler" in changes:
+                out += f",{level}:{SAMPLERS[changes['sampler']].version}"
+        return out
 
     def stage(self, i: int) -> dict[str, Any]:
         """The keyword arguments of ``sample`` for cascade stage ``i``."""

@@ -122,3 +122,19 @@ def test_sampling_options_make_another_model():
     for bad, msg in (("1,1", "--resample needs 1 or 3"), ("0", "integers >= 1"), ("x", "--resample must be")):
         with pytest.raises(LazySlideError, match=msg):
             load(resample=bad)
+
+
+def test_level_sampling_option(tmp_path):
+    """--level-sampling LEVEL=SAMPLER:STEPS:RESAMPLE: that level's tiles sample so (counted at
+    the network); a malformed value is a one-line error naming the option."""
+    out = tmp_path / "t.png"
+    r = cli("tile", "--model", "random:test", "--level", "0", "--col", "0", "--row", "0", "-o",
+            str(out), "--cache", str(tmp_path / "c"), "--json", "--level-sampling", "0=ddim:3,1,1:1")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["unet_evaluations"]["0"] == 5  # 3 + 1 + 1 (the preset: 8)
+    for bad, msg in (("x=ddim:3,1,1:1", "expected LEVEL="), ("0=ddim:3,1:1", "3 step counts"),
+                     ("0=nope:3,1,1:1", "unknown sampler"), ("7=ddim:3,1,1:1", "level 7")):
+        r = cli("tile", "--model", "random:test", "--level", "0", "--col", "0", "--row", "0",
+                "-o", str(out), "--level-sampling", bad)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and msg in lines[0], r.stderr

@@ -174,3 +174,46 @@ def test_sampling_config_keeps_old_fingerprints():
                                                                       "colour": 1}):
         with pytest.raises(ModelError):
             SamplingConfig.from_dict(bad)
+
+
+def test_a_level_may_sample_otherwise():
+    """Per-level settings (level 0, made once per slide, with more steps): the level's tiles
+    use them, the others the model's; explicit settings apply at every level."""
+    from lazyslide import URCDM
+    from lazyslide.errors import ModelError
+    from lazyslide.sampler import SamplingConfig
+
+    model = URCDM.random("test", 0)
+    tuned = model.with_sampling(levels={0: {"steps": [6, 3, 3], "resample": [1, 1, 1]}})
+    assert tuned.fingerprint != model.fingerprint
+    assert tuned.config["sampling"]["levels"] == {"0": {"steps": [6, 3, 3], "resample": [1, 1, 1]}}
+    assert tuned.sampling.for_level(0).steps == (6, 3, 3)
+    assert tuned.sampling.for_level(1) == model.sampling
+    assert tuned.sampling.evaluations(0) == 12 and tuned.sampling.evaluations(2) == 16
+    assert SamplingConfig.from_dict(tuned.config["sampling"]) == tuned.sampling
+    everywhere = tuned.with_sampling(steps=[2, 2, 2])  # as --sampling-steps does
+    assert everywhere.sampling.for_level(0).steps == (2, 2, 2)
+    assert everywhere.sampling.for_level(0).resample == (1, 1, 1)  # not changed: still level 0's
+    for bad in ({5: {"steps": [1, 1, 1]}}, {0: {"steps": [1, 1]}}, {0: {"colour": 1}},
+                {0: {"sampler": "nope"}}, {"x": {"steps": [1, 1, 1]}}):
+        with pytest.raises(ModelError):
+            model.with_sampling(levels=bad)
+
+
+def test_level_sampling_reaches_the_generator():
+    """The level's settings are what its tiles are sampled with (counted at the network)."""
+    from collections import Counter
+
+    import numpy as np
+
+    from lazyslide import URCDM
+    from lazyslide.generator import TileJob, generate
+    from lazyslide.geometry import TileId
+
+    model = URCDM.random("test", 0).with_sampling(
+        levels={0: {"steps": [3, 1, 1], "resample": [1, 1, 1]}})
+    t = model.geometry.tile
+    job = TileJob(TileId(0, 0, 0), 0, np.zeros((t, t, 3), np.uint8), np.zeros((t, t), bool))
+    counts: Counter[int] = Counter()
+    generate(model, [job], evaluations=counts)
+    assert counts[0] == 5

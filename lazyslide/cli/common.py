@@ -14,8 +14,8 @@ STEPS_HELP = ("sampling steps per cascade stage, e.g. 16,8,8 (default: the model
 
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
-    """--sampler, --sampling-steps, --resample: the same weights sampled otherwise (another
-    fingerprint, so the tiles are stored apart)."""
+    """--sampler, --sampling-steps, --resample, --level-sampling: the same weights sampled
+    otherwise (another fingerprint, so the tiles are stored apart)."""
     from ..sampler import SAMPLERS
 
     parser.add_argument("--sampler", choices=list(SAMPLERS),
@@ -24,6 +24,9 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resample", help="RePaint resamples of an inpainted tile's steps, one "
                         "for every cascade stage or one per stage, e.g. 1 or 3,2,2 (default: the "
                         "model's)")
+    parser.add_argument("--level-sampling", action="append", metavar="LEVEL=SAMPLER:STEPS:RESAMPLE",
+                        help="how one magnification level samples, e.g. 0=ancestral:64,32,32:1 "
+                        "(repeatable; replaces the model's per-level settings)")
 
 
 def add_method_option(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +38,8 @@ def add_method_option(parser: argparse.ArgumentParser) -> None:
 
 def load_model(spec: str, device: str | None = None, sampling: argparse.Namespace | None = None):
     """The model of ``spec`` on ``device``, with the sampling overrides of ``sampling`` (the
-    parsed --sampler, --sampling-steps, --resample of ``add_sampling_options``)."""
+    parsed --sampler, --sampling-steps, --resample, --level-sampling of
+    ``add_sampling_options``)."""
     import torch
 
     from ..model import URCDM
@@ -54,6 +58,9 @@ def load_model(spec: str, device: str | None = None, sampling: argparse.Namespac
 def sampling_overrides(sampling: argparse.Namespace | None, stages: int) -> dict:
     """``SamplingConfig`` fields from the parsed options of ``add_sampling_options`` (the ones
     given), checked for the model's number of cascade stages."""
+    from ..errors import ModelError
+    from ..sampler import parse_sampling
+
     overrides: dict = {}
     steps, resample, sampler = (getattr(sampling, k, None) for k in ("sampling_steps", "resample", "sampler"))
     if steps:
@@ -70,6 +77,18 @@ def sampling_overrides(sampling: argparse.Namespace | None, stages: int) -> dict
         overrides["resample"] = values * stages if len(values) == 1 else values
     if sampler:
         overrides["sampler"] = sampler
+    levels = {}
+    for text in getattr(sampling, "level_sampling", None) or []:
+        level, _, spec = text.partition("=")
+        if not level.isdigit() or not spec:
+            raise LazySlideError(f"--level-sampling {text!r}: expected LEVEL=SAMPLER:STEPS:RESAMPLE, "
+                                 "e.g. 0=ancestral:64,32,32:1")
+        try:
+            levels[int(level)] = parse_sampling(spec, stages)
+        except ModelError as e:
+            raise LazySlideError(f"--level-sampling {e}") from None
+    if levels:
+        overrides["levels"] = levels
     return overrides
 
 

@@ -119,9 +119,12 @@ def cmd_info(args: argparse.Namespace) -> int:
         params = " / ".join(f"{p / 1e6:.2f}M" for p in lv["unet_params"])
         print(f"level {lv['level']}      {lv['canvas']}^2 px, {lv['grid']}x{lv['grid']} tiles, "
               f"{lv['mpp']} um/px, unets {params}")
-    s = model.config["sampling"]
-    print(f"sampling     {model.sampling.sampler}, steps {s['steps']}, RePaint resamples "
-          f"{s['resample']}")
+    for level in range(g.levels):
+        s = model.sampling.for_level(level)
+        cost = (f"{model.sampling.evaluations(level)} evaluations per inpainted tile"
+                if g.grid(level) > 1 else f"{sum(s.steps)} evaluations (one tile)")
+        print(f"sampling L{level}  {s.sampler}, steps {list(s.steps)}, RePaint resamples "
+              f"{list(s.resample)}: {cost}")
     print(f"conditioning {info['conditioning']}")
     print(f"parameters   {info['total_params'] / 1e6:.2f}M")
     return 0

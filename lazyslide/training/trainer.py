@@ -44,7 +44,7 @@ from ..methods import METHODS
 from ..model import FORMAT as MODEL_FORMAT
 from ..model import default_config
 from ..networks import architecture, build_unet, denoiser
-from ..sampler import TileNoise, derive_seed
+from ..sampler import SamplingConfig, TileNoise, derive_seed
 from ..stage import Stage
 from .dataset import PairDataset
 from .objective import diffusion_loss
@@ -152,7 +152,8 @@ class Trainer:
         self.ema.to(self.accelerator.device)
         self.model_config = model_cfg
         #: objective, schedules and sampling of this cascade stage (what the generator uses)
-        self.cascade_stage = Stage.from_config(model_cfg, self.stage)
+        self.cascade_stage = Stage.from_config(
+            model_cfg, self.stage, SamplingConfig.from_dict(model_cfg["sampling"]).for_level(level))
         self.step = 0
         self._resume()
 
