@@ -280,3 +280,38 @@ def test_trained_inpainting_learns_the_plans_masks_and_assembles(data, runs, tmp
     with pytest.raises(TrainError, match=r"disagree on the model config \(inpainting\)"):
         assemble([*runs[:6], *trained[3:]], tmp_path / "mixed")  # level 1 RePaint, level 2 trained
     assert "inpainting" not in assemble(runs, tmp_path / "repaint").config  # as before it existed
+
+
+def test_trained_inpainting_crops_hold_the_known_pixels_edge(data, tmp_path):
+    """Crops of a stage trained on crops are placed over the line where the known pixels end
+    in about BOUNDARY_CROPS of the samples (uniform crops rarely hold it), reproducibly, inside
+    the image, with the known-pixel channels cut as the target is."""
+    from lazyslide.training.dataset import BOUNDARY_CROPS, boundary_crop
+
+    mask = torch.zeros(32, 32, dtype=torch.bool)
+    mask[:, :4] = True  # a left strip: its edge is between columns 3 and 4
+
+    def holds_edge(box):
+        ox, oy = box
+        assert 0 <= ox <= 24 and 0 <= oy <= 24
+        return ox <= 3
+
+    g = torch.Generator().manual_seed(0)
+    boxes = [boundary_crop(mask, 8, g) for _ in range(400)]
+    share = sum(map(holds_edge, boxes)) / len(boxes)
+    uniform = 4 / 25  # offsets 0..3 of 0..24
+    assert share > BOUNDARY_CROPS * 0.9 + uniform * (1 - BOUNDARY_CROPS) * 0.5
+    g = torch.Generator().manual_seed(0)
+    assert [boundary_crop(mask, 8, g) for _ in range(400)] == boxes
+    g = torch.Generator().manual_seed(0)
+    none = [boundary_crop(torch.zeros_like(mask), 8, g) for _ in range(400)]
+    assert abs(sum(map(holds_edge, none)) / 400 - uniform) < 0.06
+
+    t = Trainer(data, tmp_path / "crops", 2, 3, SETTINGS, init="random:test:0", inpainting="trained")
+    b = t.dataset.stage_batch(torch.arange(16) % len(t.dataset), 2,
+                              generator=torch.Generator().manual_seed(2), crop=8)
+    assert b.x0.shape == (16, 3, 8, 8) and b.lowres.shape == (16, 3, 8, 8)
+    masks = b.cond[:, -1:] > 0.5
+    assert torch.allclose(b.cond[:, -4:-1], b.x0 * masks)
+    partly = [bool(m.any()) and not bool(m.all()) for m in masks]
+    assert sum(partly) >= 4  # crops across the edge (uniform 8 px crops of 32 px: ~1 in 8)
