@@ -79,7 +79,8 @@ demo-model: install $(DEMO_V1)/config.json
 	done
 	$(VENV)/bin/lazyslide assemble $(DEMO_FT_RUNS)/level*_unet* -o lazyslide/models/demo $(DEMO_ASSEMBLE)
 
-# Not shipped (MODEL_CARD.md, "Not shipped"): v3's levels 1 and 2 fine-tuned into trained
+# Not shipped (MODEL_CARD.md, "Not shipped"; trained before BOUNDARY_CROPS, at commit a2e6ba4,
+# so today's code trains its stage-2/3 runs on other crops): v3's levels 1 and 2 fine-tuned into trained
 # inpainting, sampled 16 / 16 / 16 without resampling, into $(DEMO_TI_MODEL). It starts from v3's
 # runs with level 2 unet 1 continued to 2250 steps in a copy of its run ($(DEMO_FT_MODEL)); about
 # 75 minutes of two one-thread runs; resumable.
