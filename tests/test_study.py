@@ -115,6 +115,8 @@ def test_a_reader_answers_five_pairs_in_a_real_browser(pairs, tmp_path, capsys):
                 page.click(f"#choose-{side}")
                 chosen.append((pair, side))
             page.wait_for_function("() => document.getElementById('progress').textContent.startsWith('5 /')")
+            # the sixth pair's image arrives after the progress text (CI once read 0 before it)
+            page.wait_for_function("() => document.getElementById('left').complete", timeout=10_000)
             assert page.evaluate("() => document.getElementById('left').naturalWidth") == 32
             browser.close()
     finally:
