@@ -3,7 +3,8 @@
 Inputs are plain pixels (the known overlap, the parent window), so the generator neither knows
 nor cares where they came from; the slide gathers them from the store. Every stage inpaints the
 known pixels at its own resolution (area-downsampled from the stored neighbours; a model with
-trained inpainting also hands them to the unet as conditioning), and the final tile carries the
+trained inpainting also hands them to the unet as conditioning unless its sampling turns the
+channels off), and the final tile carries the
 stored neighbour pixels bit for bit.
 """
 
@@ -96,15 +97,18 @@ def generate(model: URCDM, jobs: Sequence[TileJob], *, unet_level: int | None = 
     if windows is not None:
         centred = centred_footprint(t, float(geom.scale(level)))
         footprints = [centred if j.footprint is None else j.footprint for j in jobs]
+    sampling = model.sampling.for_level(level)
     trained = trained_inpainting(model.config, unet_level)
     x = None
     for index, size in enumerate(geom.cascade):
-        stage = Stage.from_config(model.config, index, model.sampling.for_level(level))
+        stage = Stage.from_config(model.config, index, sampling)
         noise = TileNoise([derive_seed("tile", j.seed, *j.tile, index) for j in jobs], device)
         known_s, mask_s = resize(known, size), subsample_mask(mask, size)
         conds = [cond_image(windows, size, mode, footprints)] if windows is not None else []
-        if trained:  # the known pixels as the unet was trained to take them (``known_image``)
-            conds.append(known_image(known_s, mask_s))
+        if trained:  # the known pixels as the unet was trained to take them (``known_image``),
+            # or zero as in its samples without a mask (``SamplingConfig.known_channels``)
+            shown = mask_s if sampling.known_channels else torch.zeros_like(mask_s)
+            conds.append(known_image(known_s, shown))
         x = stage.run(
             counted(model.denoiser(unet_level, index), evaluations, level),
             noise,

@@ -333,7 +333,10 @@ class URCDM:
                                  f"step counts (the model has {n_levels} levels of {n_stages} stages)")
         architecture(c)  # a known architecture
         conditioning(c)  # a known conditioning
-        inpainting(c)  # a known inpainting mode
+        if inpainting(c) != "trained" and not all(  # a known inpainting mode, with its channels
+                self._sampling.for_level(lv).known_channels for lv in range(n_levels)):
+            raise ModelError("sampling known_channels: only a model with trained inpainting has "
+                             "known-pixel channels to turn off")
 
     def _construct(self, level: int, stage: int) -> nn.Module:
         return build_unet(self.config, level, stage)

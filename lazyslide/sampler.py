@@ -278,36 +278,51 @@ def sample(
 
 # -- how a model samples ------------------------------------------------------------------------
 #: Settings added after the first models: at these values they are not written to a config.
-_IMPLICIT = {"sampler": "ancestral"}
+_IMPLICIT = {"sampler": "ancestral", "known_channels": True}
 #: What a magnification level may sample differently.
 _LEVEL_FIELDS = {"steps", "resample", "threshold", *_IMPLICIT}
 
 
+#: The values of the optional fourth field of the short form: ``known_channels``.
+CHANNELS = {"channels": True, "no-channels": False}
+
+
 def parse_sampling(text: str, stages: int) -> dict[str, Any]:
-    """``SamplingConfig`` fields from the short form SAMPLER:STEPS:RESAMPLE (one resample value:
-    every stage), e.g. ``dpmpp-2m:16,16,16:1`` or ``ancestral:64,32,32:2,2,1``."""
+    """``SamplingConfig`` fields from the short form SAMPLER:STEPS:RESAMPLE[:CHANNELS] (one
+    resample value: every stage; CHANNELS ``channels`` or ``no-channels``: ``known_channels``),
+    e.g. ``dpmpp-2m:16,16,16:1`` or ``ancestral:64,32,32:2,2,1`` or ``ancestral:16,16,16:1:no-channels``."""
+    parts = text.split(":")
     try:
-        sampler, steps, resample = text.split(":")
+        if len(parts) not in (3, 4):
+            raise ValueError
+        sampler, steps, resample = parts[:3]
         steps_ = [int(v) for v in steps.split(",")]
         resample_ = [int(v) for v in resample.split(",")]
     except ValueError:
-        raise ModelError(f"{text!r}: expected SAMPLER:STEPS:RESAMPLE, e.g. "
+        raise ModelError(f"{text!r}: expected SAMPLER:STEPS:RESAMPLE[:CHANNELS], e.g. "
                          "dpmpp-2m:16,16,16:1") from None
+    channels = {}
+    if len(parts) == 4:
+        if parts[3] not in CHANNELS:
+            raise ModelError(f"{text!r}: the fourth field must be {' or '.join(CHANNELS)}, "
+                             f"got {parts[3]!r}")
+        channels = {"known_channels": CHANNELS[parts[3]]}
     if len(steps_) != stages or len(resample_) not in (1, stages):
         raise ModelError(f"{text!r}: expected {stages} step counts and 1 or {stages} resample "
                          "counts (one per cascade stage)")
     out = {"sampler": sampler, "steps": steps_,
-           "resample": resample_ * stages if len(resample_) == 1 else resample_}
+           "resample": resample_ * stages if len(resample_) == 1 else resample_, **channels}
     SamplingConfig.from_dict(out)  # names a known sampler, counts in range
     return out
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Sampler family, steps and RePaint resamples per cascade stage and dynamic-threshold
-    percentile, with what differs at some magnification levels (``levels``): everything besides
-    the weights (and the network's inputs, which the model config decides:
-    ``conditioning.inpainting``) that decides a tile.
+    """Sampler family, steps and RePaint resamples per cascade stage, dynamic-threshold
+    percentile and whether trained inpainting's known-pixel channels are used, with what differs
+    at some magnification levels (``levels``): everything besides the weights (and the
+    network's inputs, which the model config decides: ``conditioning.inpainting``) that decides
+    a tile.
 
     ``to_dict`` is what a model config stores and the fingerprint hashes. Fields at the values
     that models had before they existed (sampler "ancestral", no per-level settings) are left
@@ -318,6 +333,11 @@ class SamplingConfig:
     resample: tuple[int, ...]
     threshold: float = 0.95
     sampler: str = "ancestral"
+    #: whether a model with trained inpainting gets the known pixels as input channels. False:
+    #: the channels are zero (as in its training samples without a mask) and the known pixels
+    #: enter by replacement alone, as in RePaint. On the demo model the channels made the
+    #: first generated pixel line worse than no channels did (bench/inpainting_edge.py).
+    known_channels: bool = True
     #: per magnification level, the settings that differ there (e.g. level 0, one tile made
     #: once per slide, sampled with more steps than the inpainted tiles below it)
     levels: Mapping[int, Mapping[str, Any]] = field(default_factory=dict, hash=False)
@@ -336,6 +356,8 @@ class SamplingConfig:
                 if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= most:
                     raise ModelError(f"sampling {name} must be integers >= 1 (at most {most}) per "
                                      f"cascade stage, got {v!r}")
+        if not isinstance(self.known_channels, bool):
+            raise ModelError(f"sampling known_channels must be true or false, got {self.known_channels!r}")
         t = self.threshold
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1:
             raise ModelError(f"sampling threshold must be a percentile in (0, 1], got {t!r}")

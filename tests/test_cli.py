@@ -133,8 +133,13 @@ def test_level_sampling_option(tmp_path):
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["unet_evaluations"]["0"] == 5  # 3 + 1 + 1 (the preset: 8)
     for bad, msg in (("x=ddim:3,1,1:1", "expected LEVEL="), ("0=ddim:3,1:1", "3 step counts"),
-                     ("0=nope:3,1,1:1", "unknown sampler"), ("7=ddim:3,1,1:1", "level 7")):
+                     ("0=nope:3,1,1:1", "unknown sampler"), ("7=ddim:3,1,1:1", "level 7"),
+                     ("0=ddim:3,1,1:1:maybe", "fourth field must be channels or no-channels")):
         r = cli("tile", "--model", "random:test", "--level", "0", "--col", "0", "--row", "0",
                 "-o", str(out), "--level-sampling", bad)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and msg in lines[0], r.stderr
+    r = cli("tile", "--model", "random:test", "--level", "0", "--col", "0", "--row", "0", "-o",
+            str(out), "--known-channels", "off")  # RePaint model: nothing to turn off
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "only a model with trained inpainting" in lines[0]

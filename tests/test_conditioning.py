@@ -19,6 +19,7 @@ from lazyslide.conditioning import (
     subsample_mask,
     to_model_space,
 )
+from lazyslide.errors import ModelError
 from lazyslide.geometry import TileId
 from lazyslide.networks import architecture, build_unet
 from lazyslide.plan import ParityPlan
@@ -185,3 +186,35 @@ def test_unknown_inpainting_is_a_clear_error():
     config["inpainting"] = "guess"
     with pytest.raises(Exception, match="unknown inpainting 'guess'"):
         URCDM(config, init_seed=0)
+
+
+def test_known_channels_off_hands_the_unet_zero_channels():
+    """Sampling with ``known_channels`` off (e.g. ``--known-channels off``): the trained unet
+    gets zero known-pixel channels, as in its training samples without a mask, and the known
+    pixels enter by replacement alone; another fingerprint, the neighbours' bytes still exact,
+    and a model without trained inpainting refuses the setting."""
+    from lazyslide.sampler import parse_sampling
+
+    model = _trained_model()
+    off = model.with_sampling(known_channels=False)
+    assert off.fingerprint != model.fingerprint and off.config["sampling"]["known_channels"] is False
+    assert "known_channels" not in model.config["sampling"]  # old configs keep their fingerprints
+    seen = []
+    hook = off.unet(2, 2).register_forward_pre_hook(lambda m, a, kw: seen.append(kw["cond_images"]),
+                                                   with_kwargs=True)
+    slide = Slide(off, seed=3, store=MemoryStore())
+    tile = TileId(2, 2, 1)
+    pixels = slide.tile(*tile)
+    hook.remove()
+    job = slide._job(tile)
+    assert job.mask.any() and seen and not seen[-1][:, 3:].any()
+    assert np.array_equal(pixels[job.mask], job.known[job.mask])
+    on = Slide(model, seed=3, store=MemoryStore()).tile(*tile)
+    assert not np.array_equal(pixels, on)
+    level2 = model.with_sampling(levels={2: parse_sampling("ancestral:2,2,2:1:no-channels", 3)})
+    assert not level2.sampling.for_level(2).known_channels and level2.sampling.for_level(1).known_channels
+    with pytest.raises(ModelError, match="only a model with trained inpainting"):
+        URCDM.random("test", 0).with_sampling(known_channels=False)
+    for bad in ("ancestral:2,2,2:1:maybe", "ancestral:2,2,2:1:no-channels:x"):
+        with pytest.raises(ModelError, match="fourth field|expected SAMPLER"):
+            parse_sampling(bad, 3)

@@ -14,7 +14,7 @@ STEPS_HELP = ("sampling steps per cascade stage, e.g. 16,8,8 (default: the model
 
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
-    """--sampler, --sampling-steps, --resample, --level-sampling: the same weights sampled
+    """--sampler, --sampling-steps, --resample, --known-channels, --level-sampling: the same weights sampled
     otherwise (another fingerprint, so the tiles are stored apart)."""
     from ..sampler import SAMPLERS
 
@@ -24,9 +24,15 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resample", help="RePaint resamples of an inpainted tile's steps, one "
                         "for every cascade stage or one per stage, e.g. 1 or 3,2,2 (default: the "
                         "model's)")
-    parser.add_argument("--level-sampling", action="append", metavar="LEVEL=SAMPLER:STEPS:RESAMPLE",
-                        help="how one magnification level samples, e.g. 0=ancestral:64,32,32:1 "
-                        "(repeatable; replaces the model's per-level settings)")
+    parser.add_argument("--known-channels", choices=["on", "off"],
+                        help="a model with trained inpainting: hand the unets the known pixels "
+                        "(on) or zero channels, the known pixels entering by replacement alone "
+                        "as in RePaint (off) (default: the model's)")
+    parser.add_argument("--level-sampling", action="append",
+                        metavar="LEVEL=SAMPLER:STEPS:RESAMPLE[:CHANNELS]",
+                        help="how one magnification level samples, e.g. 0=ancestral:64,32,32:1 or "
+                        "2=ancestral:16,16,16:1:no-channels (repeatable; replaces the model's "
+                        "per-level settings)")
 
 
 def add_method_option(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +44,7 @@ def add_method_option(parser: argparse.ArgumentParser) -> None:
 
 def load_model(spec: str, device: str | None = None, sampling: argparse.Namespace | None = None):
     """The model of ``spec`` on ``device``, with the sampling overrides of ``sampling`` (the
-    parsed --sampler, --sampling-steps, --resample, --level-sampling of
+    parsed --sampler, --sampling-steps, --resample, --known-channels, --level-sampling of
     ``add_sampling_options``)."""
     import torch
 
@@ -77,12 +83,14 @@ def sampling_overrides(sampling: argparse.Namespace | None, stages: int) -> dict
         overrides["resample"] = values * stages if len(values) == 1 else values
     if sampler:
         overrides["sampler"] = sampler
+    if getattr(sampling, "known_channels", None):
+        overrides["known_channels"] = sampling.known_channels == "on"
     levels = {}
     for text in getattr(sampling, "level_sampling", None) or []:
         level, _, spec = text.partition("=")
         if not level.isdigit() or not spec:
-            raise LazySlideError(f"--level-sampling {text!r}: expected LEVEL=SAMPLER:STEPS:RESAMPLE, "
-                                 "e.g. 0=ancestral:64,32,32:1")
+            raise LazySlideError(f"--level-sampling {text!r}: expected "
+                                 "LEVEL=SAMPLER:STEPS:RESAMPLE[:CHANNELS], e.g. 0=ancestral:64,32,32:1")
         try:
             levels[int(level)] = parse_sampling(spec, stages)
         except ModelError as e:

@@ -88,7 +88,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from ..conditioning import conditioning
+    from ..conditioning import conditioning, inpainting, trained_inpainting
 
     model = load_model(args.model)
     g = model.geometry
@@ -107,6 +107,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         ],
         "sampling": model.config["sampling"],
         "conditioning": conditioning(model.config),
+        "inpainting": inpainting(model.config),
         "total_params": sum(counts.values()),
     }
     if args.json:
@@ -123,9 +124,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         s = model.sampling.for_level(level)
         cost = (f"{model.sampling.evaluations(level)} evaluations per inpainted tile"
                 if g.grid(level) > 1 else f"{sum(s.steps)} evaluations (one tile)")
+        if trained_inpainting(model.config, level):
+            cost += f", known-pixel channels {'on' if s.known_channels else 'off'}"
         print(f"sampling L{level}  {s.sampler}, steps {list(s.steps)}, RePaint resamples "
               f"{list(s.resample)}: {cost}")
-    print(f"conditioning {info['conditioning']}")
+    print(f"conditioning {info['conditioning']}\ninpainting   {info['inpainting']}")
     print(f"parameters   {info['total_params'] / 1e6:.2f}M")
     return 0
 
