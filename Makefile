@@ -87,9 +87,9 @@ demo-model-v3: install $(DEMO_V1)/config.json
 		$(DEMO_TI_RUNS)/ft-level2_unet1 -o $(DEMO_FT_MODEL) $(DEMO_ASSEMBLE)
 
 # 2. The shipped model (v7): v3's levels 1 and 2 fine-tuned into trained inpainting, about 4
-# hours of one-thread runs (two at a time on 2 cores: about 2 hours). The shipped stage-3 runs reached 1862 / 1959 steps, then 2500 with
-# uniform crops, then the rest with crops over the known pixels' edge (BOUNDARY_CROPS, which
-# today's code uses from the start). Level 0 is v3's, sampled as v3 sampled it; levels 1 and 2
+# hours of one-thread runs (two at a time on 2 cores: about 2 hours). The shipped stage-3 runs
+# reached 1862 / 1959 steps, then 2500 with uniform crops, then the rest with crops over the
+# known pixels' edge (BOUNDARY_CROPS, which today's code uses from the start). Level 0 is v3's, sampled as v3 sampled it; levels 1 and 2
 # sample with their known-pixel channels off (the model card says why).
 DEMO_TI_RUNS ?= runs/demo-ti
 DEMO_TI_STEPS ?= level1_unet1=2627 level1_unet2=1827 level1_unet3=9558 \

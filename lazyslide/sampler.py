@@ -325,8 +325,9 @@ class SamplingConfig:
     a tile.
 
     ``to_dict`` is what a model config stores and the fingerprint hashes. Fields at the values
-    that models had before they existed (sampler "ancestral", no per-level settings) are left
-    out of it, so those models keep their fingerprints and stored tiles.
+    that models had before they existed (sampler "ancestral", known-pixel channels on, no
+    per-level settings) are left out of it, so those models keep their fingerprints and stored
+    tiles.
     """
 
     steps: tuple[int, ...]
