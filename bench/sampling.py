@@ -3,9 +3,11 @@
 Rows: a model sampled several ways (sampler family x steps per cascade stage x RePaint
 resamples), the model's own setting first as the baseline, all in this run; a row may name
 another model with the same geometry (``MODEL@SAMPLER:STEPS:RESAMPLE``, e.g. one trained with
-trained inpainting, or ``MODEL@``: sampled as its config says). For each row the lazy engine
-makes the tiles ``bench/demo_quality.py`` measures (per seed the level-0 overview and a block
-of level-1 and level-2 tiles around the slide's tissue, with every dependency), and the table gives:
+trained inpainting, or ``MODEL@``: sampled as its config says). A row's settings apply to the
+levels that inpaint; level 0 (one tile) is made as the baseline makes it in every row. For
+each row the lazy engine makes the tiles ``bench/demo_quality.py`` measures (per seed the
+level-0 overview and a block of level-1 and level-2 tiles around the slide's tissue, with every
+dependency), and the table gives:
 
 - evaluations per inpainted tile: network calls a tile with known pixels costs, sum over the
   cascade of steps x resamples (the wrapper's arithmetic; the measured mean per generated tile,
@@ -60,8 +62,10 @@ def parse_row(text: str, stages: int) -> dict:
 
 
 def row_model(base: URCDM, text: str, stages: int) -> URCDM:
-    """The row's model: ``base`` or the model before '@', sampled as the row says (``MODEL@``
-    alone: as that model's own config says, per-level settings included)."""
+    """The row's model: ``base`` or the model before '@', its inpainted levels sampled as the
+    row says and its one-tile levels (level 0) as the baseline's are, so that every row's
+    levels 1-2 grow from the same level-0 pixels (``MODEL@`` alone: as that model's own config
+    says, per-level settings included)."""
     model = base
     if "@" in text:
         model = URCDM.from_spec(text.rsplit("@", 1)[0])
@@ -69,7 +73,14 @@ def row_model(base: URCDM, text: str, stages: int) -> URCDM:
             raise SystemExit(f"--row {text!r}: its model's geometry is not the baseline's")
         if text.endswith("@"):
             return model
-    return model.with_sampling(**parse_row(text, stages))
+    g = base.geometry
+    single = {}
+    for level in range(g.levels):
+        if g.grid(level) == 1:
+            s = base.sampling.for_level(level)
+            single[level] = {"sampler": s.sampler, "steps": list(s.steps),
+                             "resample": list(s.resample), "threshold": s.threshold}
+    return model.with_sampling(**parse_row(text, stages), levels=single)
 
 
 def timing_jobs(model: URCDM, seeds: list[int], block: int, store, k: int) -> list[TileJob]:

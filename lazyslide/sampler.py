@@ -27,6 +27,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from .blending import BLENDS, BlendFn
+from .blending import replace as replace_pixels
 from .errors import ModelError
 
 X0Model = Callable[[Tensor, Tensor], Tensor]
@@ -226,6 +228,7 @@ def sample(
     mask: Tensor | None = None,
     resample: int = 1,
     threshold: float = 0.95,
+    blend: BlendFn = replace_pixels,
 ) -> Tensor:
     """A batch of ``shape`` (C, H, W) images in [-1, 1], ``step`` after ``step`` on the grid.
 
@@ -234,7 +237,8 @@ def sample(
     noise level, and each step is repeated ``resample`` times, jumping back with the true forward
     process in between. Decided per sample: one without known pixels draws exactly the random
     numbers it would draw alone (no replacement, no repeats), so its pixels do not depend on what
-    it is batched with. The returned known pixels equal ``known`` exactly.
+    it is batched with. The returned known pixels equal ``known`` exactly: ``blend`` (from
+    ``lazyslide.blending``) joins them to the last step's output.
     """
     if steps < 1 or resample < 1:
         raise ValueError(f"steps and resample must be >= 1, got {steps} and {resample}")
@@ -262,56 +266,65 @@ def sample(
         memory = None if last and steps < LOWER_ORDER_FINAL_BELOW else prev
         for r in range(repeats):
             active = None if r == 0 else inpaint
-            x_s, x0 = step(model, x, l_t, l_s, lambda a=active: noise(shape, only=a),
+            raw, x0 = step(model, x, l_t, l_s, lambda a=active: noise(shape, only=a),
                            threshold=threshold, last=last, prev=memory)
-            x_s = replace_known(x_s, l_s, exact=last)
+            x_s = replace_known(raw, l_s, exact=last)
             if settled is None:
                 settled, settled_x0 = x_s, x0
             else:
                 x_s = torch.where(keep_first, settled, x_s)
+                raw = torch.where(keep_first, settled, raw)
                 x0 = torch.where(keep_first, settled_x0, x0)
             x = renoise(x_s, l_s, l_t, noise(shape, only=inpaint)) if r < repeats - 1 else x_s
         prev = (x0, l_t)
-    x = x.clamp(-1, 1)
-    return replace_known(x, lsnr[-1], exact=True)
+    if not any(inpaint):
+        return x.clamp(-1, 1)
+    return blend(raw.clamp(-1, 1), known, mask)
 
 
 # -- how a model samples ------------------------------------------------------------------------
 #: Settings added after the first models: at these values they are not written to a config.
-_IMPLICIT = {"sampler": "ancestral", "known_channels": True}
+_IMPLICIT = {"sampler": "ancestral", "known_channels": True, "blend": "replace"}
 #: What a magnification level may sample differently.
 _LEVEL_FIELDS = {"steps", "resample", "threshold", *_IMPLICIT}
 
 
-#: The values of the optional fourth field of the short form: ``known_channels``.
-CHANNELS = {"channels": True, "no-channels": False}
+#: The optional fields after SAMPLER:STEPS:RESAMPLE in the short form: a word -> the setting.
+OPTIONS: dict[str, tuple[str, Any]] = {
+    "channels": ("known_channels", True), "no-channels": ("known_channels", False),
+    **{name: ("blend", name) for name in BLENDS},
+}
 
 
 def parse_sampling(text: str, stages: int) -> dict[str, Any]:
-    """``SamplingConfig`` fields from the short form SAMPLER:STEPS:RESAMPLE[:CHANNELS] (one
-    resample value: every stage; CHANNELS ``channels`` or ``no-channels``: ``known_channels``),
-    e.g. ``dpmpp-2m:16,16,16:1`` or ``ancestral:64,32,32:2,2,1`` or ``ancestral:16,16,16:1:no-channels``."""
+    """``SamplingConfig`` fields from the short form SAMPLER:STEPS:RESAMPLE[:OPTION...] (one
+    resample value: every stage; OPTION ``channels`` or ``no-channels``: ``known_channels``, a
+    blend name (``replace``, ``poisson``): ``blend``), e.g. ``dpmpp-2m:16,16,16:1`` or
+    ``ancestral:64,32,32:2,2,1`` or ``ancestral:16,16,16:1:no-channels:poisson``."""
     parts = text.split(":")
     try:
-        if len(parts) not in (3, 4):
+        if len(parts) < 3:
             raise ValueError
         sampler, steps, resample = parts[:3]
         steps_ = [int(v) for v in steps.split(",")]
         resample_ = [int(v) for v in resample.split(",")]
     except ValueError:
-        raise ModelError(f"{text!r}: expected SAMPLER:STEPS:RESAMPLE[:CHANNELS], e.g. "
+        raise ModelError(f"{text!r}: expected SAMPLER:STEPS:RESAMPLE[:OPTION...], e.g. "
                          "dpmpp-2m:16,16,16:1") from None
-    channels = {}
-    if len(parts) == 4:
-        if parts[3] not in CHANNELS:
-            raise ModelError(f"{text!r}: the fourth field must be {' or '.join(CHANNELS)}, "
-                             f"got {parts[3]!r}")
-        channels = {"known_channels": CHANNELS[parts[3]]}
+    options: dict[str, Any] = {}
+    for word in parts[3:]:
+        if word not in OPTIONS:
+            raise ModelError(f"{text!r}: an option after RESAMPLE must be one of "
+                             f"{', '.join(OPTIONS)}, got {word!r}")
+        name, value = OPTIONS[word]
+        if name in options:
+            raise ModelError(f"{text!r}: {name} given twice")
+        options[name] = value
     if len(steps_) != stages or len(resample_) not in (1, stages):
         raise ModelError(f"{text!r}: expected {stages} step counts and 1 or {stages} resample "
                          "counts (one per cascade stage)")
     out = {"sampler": sampler, "steps": steps_,
-           "resample": resample_ * stages if len(resample_) == 1 else resample_, **channels}
+           "resample": resample_ * stages if len(resample_) == 1 else resample_, **options}
     SamplingConfig.from_dict(out)  # names a known sampler, counts in range
     return out
 
@@ -341,6 +354,9 @@ class SamplingConfig:
     known_channels: bool = True
     #: per magnification level, the settings that differ there (e.g. level 0, one tile made
     #: once per slide, sampled with more steps than the inpainted tiles below it)
+    #: how the generated pixels meet the known ones after the last step (``lazyslide.blending``):
+    #: ``replace`` puts the known pixels back (RePaint), ``poisson`` also blends the seam away
+    blend: str = "replace"
     levels: Mapping[int, Mapping[str, Any]] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
@@ -357,6 +373,8 @@ class SamplingConfig:
                 if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= most:
                     raise ModelError(f"sampling {name} must be integers >= 1 (at most {most}) per "
                                      f"cascade stage, got {v!r}")
+        if self.blend not in BLENDS:
+            raise ModelError(f"unknown blend {self.blend!r}; choose from {', '.join(BLENDS)}")
         if not isinstance(self.known_channels, bool):
             raise ModelError(f"sampling known_channels must be true or false, got {self.known_channels!r}")
         t = self.threshold
@@ -433,9 +451,12 @@ class SamplingConfig:
         for level, changes in sorted(self.levels.items()):
             if "sampler" in changes:
                 out += f",{level}:{SAMPLERS[changes['sampler']].version}"
+        blends = {self.blend} | {c["blend"] for c in self.levels.values() if "blend" in c}
+        for name in sorted(blends - {"replace"}):  # absent for RePaint: old fingerprints stay
+            out += f",{name}:{BLENDS[name].version}"
         return out
 
     def stage(self, i: int) -> dict[str, Any]:
         """The keyword arguments of ``sample`` for cascade stage ``i``."""
         return {"steps": self.steps[i], "resample": self.resample[i], "threshold": self.threshold,
-                "step": SAMPLERS[self.sampler].step}
+                "step": SAMPLERS[self.sampler].step, "blend": BLENDS[self.blend].fn}

@@ -119,6 +119,8 @@ def test_sampling_options_make_another_model():
     assert fast.sampling.sampler == "dpmpp-2m" and fast.sampling.resample == (1, 1, 1)
     assert fast.sampling.steps == (3, 2, 2) and fast.fingerprint != base.fingerprint
     assert load(resample="3,1,1").sampling.resample == (3, 1, 1)
+    blended = load(blend="poisson")
+    assert blended.sampling.blend == "poisson" and blended.fingerprint != base.fingerprint
     for bad, msg in (("1,1", "--resample needs 1 or 3"), ("0", "integers >= 1"), ("x", "--resample must be")):
         with pytest.raises(LazySlideError, match=msg):
             load(resample=bad)
@@ -134,11 +136,16 @@ def test_level_sampling_option(tmp_path):
     assert json.loads(r.stdout)["unet_evaluations"]["0"] == 5  # 3 + 1 + 1 (the preset: 8)
     for bad, msg in (("x=ddim:3,1,1:1", "expected LEVEL="), ("0=ddim:3,1:1", "3 step counts"),
                      ("0=nope:3,1,1:1", "unknown sampler"), ("7=ddim:3,1,1:1", "level 7"),
-                     ("0=ddim:3,1,1:1:maybe", "fourth field must be channels or no-channels")):
+                     ("0=ddim:3,1,1:1:maybe", "must be one of channels, no-channels, replace, poisson")):
         r = cli("tile", "--model", "random:test", "--level", "0", "--col", "0", "--row", "0",
                 "-o", str(out), "--level-sampling", bad)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and msg in lines[0], r.stderr
+    r = cli("info", "--model", "random:test")
+    assert r.returncode == 0 and "blend replace" in r.stdout, r.stderr
+    r = cli("tile", "--model", "random:test", "--level", "0", "--col", "0", "--row", "0", "-o",
+            str(out), "--blend", "smudge")
+    assert r.returncode == 2 and "invalid choice: 'smudge'" in r.stderr and "Traceback" not in r.stderr
     r = cli("tile", "--model", "random:test", "--level", "0", "--col", "0", "--row", "0", "-o",
             str(out), "--known-channels", "off")  # RePaint model: nothing to turn off
     lines = r.stderr.strip().splitlines()

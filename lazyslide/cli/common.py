@@ -14,8 +14,9 @@ STEPS_HELP = ("sampling steps per cascade stage, e.g. 16,8,8 (default: the model
 
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
-    """--sampler, --sampling-steps, --resample, --known-channels, --level-sampling: the same weights sampled
-    otherwise (another fingerprint, so the tiles are stored apart)."""
+    """--sampler, --sampling-steps, --resample, --known-channels, --blend, --level-sampling: the
+    same weights sampled otherwise (another fingerprint, so the tiles are stored apart)."""
+    from ..blending import BLENDS
     from ..sampler import SAMPLERS
 
     parser.add_argument("--sampler", choices=list(SAMPLERS),
@@ -28,11 +29,15 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
                         help="a model with trained inpainting: hand the unets the known pixels "
                         "(on) or zero channels, the known pixels entering by replacement alone "
                         "as in RePaint (off) (default: the model's)")
+    parser.add_argument("--blend", choices=list(BLENDS),
+                        help="how an inpainted tile's generated pixels meet its neighbours' after "
+                        "the last step: replace (put the known pixels back, RePaint) or poisson "
+                        "(also blend the seam away, gradient-domain) (default: the model's)")
     parser.add_argument("--level-sampling", action="append",
-                        metavar="LEVEL=SAMPLER:STEPS:RESAMPLE[:CHANNELS]",
+                        metavar="LEVEL=SAMPLER:STEPS:RESAMPLE[:OPTION...]",
                         help="how one magnification level samples, e.g. 0=ancestral:64,32,32:1 or "
-                        "2=ancestral:16,16,16:1:no-channels (repeatable; replaces the model's "
-                        "per-level settings)")
+                        "2=ancestral:16,16,16:1:no-channels:poisson (options: channels, "
+                        "no-channels, a blend; repeatable; replaces the model's per-level settings)")
 
 
 def add_method_option(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +49,7 @@ def add_method_option(parser: argparse.ArgumentParser) -> None:
 
 def load_model(spec: str, device: str | None = None, sampling: argparse.Namespace | None = None):
     """The model of ``spec`` on ``device``, with the sampling overrides of ``sampling`` (the
-    parsed --sampler, --sampling-steps, --resample, --known-channels, --level-sampling of
+    parsed --sampler, --sampling-steps, --resample, --known-channels, --blend, --level-sampling of
     ``add_sampling_options``)."""
     import torch
 
@@ -85,12 +90,14 @@ def sampling_overrides(sampling: argparse.Namespace | None, stages: int) -> dict
         overrides["sampler"] = sampler
     if getattr(sampling, "known_channels", None):
         overrides["known_channels"] = sampling.known_channels == "on"
+    if getattr(sampling, "blend", None):
+        overrides["blend"] = sampling.blend
     levels = {}
     for text in getattr(sampling, "level_sampling", None) or []:
         level, _, spec = text.partition("=")
         if not level.isdigit() or not spec:
             raise LazySlideError(f"--level-sampling {text!r}: expected "
-                                 "LEVEL=SAMPLER:STEPS:RESAMPLE[:CHANNELS], e.g. 0=ancestral:64,32,32:1")
+                                 "LEVEL=SAMPLER:STEPS:RESAMPLE[:OPTION...], e.g. 0=ancestral:64,32,32:1")
         try:
             levels[int(level)] = parse_sampling(spec, stages)
         except ModelError as e:

@@ -126,6 +126,8 @@ def cmd_info(args: argparse.Namespace) -> int:
                 if g.grid(level) > 1 else f"{sum(s.steps)} evaluations (one tile)")
         if trained_inpainting(model.config, level):
             cost += f", known-pixel channels {'on' if s.known_channels else 'off'}"
+        if g.grid(level) > 1:
+            cost += f", blend {s.blend}"
         print(f"sampling L{level}  {s.sampler}, steps {list(s.steps)}, RePaint resamples "
               f"{list(s.resample)}: {cost}")
     print(f"conditioning {info['conditioning']}\ninpainting   {info['inpainting']}")

@@ -1,0 +1,133 @@
+"""How a stage's generated pixels meet the pixels its neighbours fixed.
+
+After the last sampling step, the known pixels of an inpainted tile are put back exactly. Where
+the sampler's own output differs from them (a slightly other tint, the noise of a few steps), the
+step from known to generated pixels is a line the eye finds (the seam score of
+``lazyslide.evaluation.seams``: 1.25 on the demo model at 48 evaluations per tile, where real
+tissue scores 0.98). ``poisson`` removes that step without touching either side's texture:
+gradient-domain blending (Pérez, Gangnet and Blake, "Poisson image editing", 2003), the
+generated pixels keeping the sampler's gradients and meeting the known pixels' values at the
+boundary with a step like those of the texture next to it. Written here because the piece at
+hand (OpenCV's ``seamlessClone``) works on one uint8 image at a time and is guided by the
+source's own gradients everywhere, not on a batch of model-space tensors at every cascade stage
+with the guidance this needs at the boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+#: (raw output, known pixels, mask True = known) -> the stage's output; all (B, C, H, W) but
+#: the mask, (B, 1, H, W). The known pixels of the result equal ``known`` exactly.
+BlendFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+#: Multigrid: damped-Jacobi weight (4/5, the classic smoother of the 5-point Laplacian), sweeps
+#: before and after each coarse-grid correction, V-cycles. Eight cycles leave the correction within
+#: half a uint8 level of the exact solution (tests/test_blending.py checks against a direct solve).
+OMEGA, SWEEPS, CYCLES = 0.8, 3, 8
+
+def replace(raw: Tensor, known: Tensor, mask: Tensor) -> Tensor:
+    """The known pixels put back as they are (RePaint, the paper)."""
+    return torch.where(mask, known, raw)
+
+
+def poisson(raw: Tensor, known: Tensor, mask: Tensor) -> Tensor:
+    """Gradient-domain blending: the generated pixels become ``raw + h``, where ``h`` takes up
+    the difference ``known - raw`` on the known pixels and is harmonic elsewhere (smooth: the
+    generated texture keeps its detail), with no flux through the tile's border.
+
+    Across the boundary itself the guidance is not the sampler's own step there but the next
+    step inside the generated pixels: the raw output often has an edge right where the known
+    pixels end (the network saw noise statistics change there), and Poisson blending would keep
+    that edge (on the demo model the plain version left the seam score at 1.33-1.44 on tiles
+    where this one gives 1.00-1.11).
+    """
+    inpaint = mask.flatten(1).any(1)
+    if not inpaint.any():
+        return raw
+    m = mask.to(raw.dtype).expand_as(raw)
+    h = _solve((known - raw) * m, m, _boundary_guidance(raw, m))
+    out = torch.where(mask, known, (raw + h).clamp(-1, 1))
+    return torch.where(inpaint.view(-1, 1, 1, 1), out, raw)
+
+
+def _shifted(x: Tensor, dy: int, dx: int) -> Tensor:
+    """``x`` moved by (dy, dx): the value at ``p`` is ``x[p - (dy, dx)]``, zero from outside."""
+    height, width = x.shape[-2:]
+    p = F.pad(x, (1, 1, 1, 1))
+    return p[..., 1 - dy:1 - dy + height, 1 - dx:1 - dx + width]
+
+
+def _boundary_guidance(raw: Tensor, m: Tensor) -> Tensor:
+    """Per generated pixel ``p``, the sum over its known neighbours ``q = p - e`` of (wanted
+    step ``f_p - f_q``: the raw step ``p -> p + e`` one pixel further in, where that pixel is
+    generated) minus (the raw step ``q -> p``). Zero away from the boundary."""
+    free = 1 - m
+    b = torch.zeros_like(raw)
+    for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
+        use = (_shifted(m, dy, dx) > 0) & (_shifted(free, -dy, -dx) > 0) & (free > 0)
+        wanted = _shifted(raw, -dy, -dx) - raw
+        b = b + torch.where(use, wanted - (raw - _shifted(raw, dy, dx)), torch.zeros_like(b))
+    return b
+
+
+def _neighbour_mean(h: Tensor) -> Tensor:
+    """Mean of the four neighbours; the border reflects (zero flux through the tile's edge)."""
+    p = F.pad(h, (1, 1, 1, 1), mode="replicate")
+    return (p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:]) / 4
+
+
+def _smooth(h: Tensor, f: Tensor, free: Tensor, n: int) -> Tensor:
+    """``n`` damped-Jacobi sweeps of ``4 (mean(h) - h) = f`` on the ``free`` pixels."""
+    for _ in range(n):
+        h = torch.where(free, h + OMEGA * (_neighbour_mean(h) - f / 4 - h), h)
+    return h
+
+
+def _vcycle(h: Tensor, f: Tensor, free: Tensor) -> Tensor:
+    """One multigrid V-cycle: smooth, solve for the residual's correction on a 2x coarser grid
+    (a coarse pixel is free where most of its pixels are), smooth again."""
+    height, width = h.shape[-2:]
+    if min(height, width) <= 4:
+        return _smooth(h, f, free, 100)
+    h = _smooth(h, f, free, SWEEPS)
+    residual = torch.where(free, f - 4 * (_neighbour_mean(h) - h), torch.zeros_like(h))
+    coarse_free = F.avg_pool2d(free.to(h.dtype), 2, ceil_mode=True) > 0.5
+    # the coarse grid's spacing is 2: its 5-point Laplacian is 1/4 of the fine one's per pixel
+    r2 = F.avg_pool2d(residual, 2, ceil_mode=True) * 4
+    e2 = _vcycle(torch.zeros_like(r2), r2, coarse_free)
+    e = F.interpolate(e2, scale_factor=2, mode="bilinear", align_corners=False)[..., :height, :width]
+    return _smooth(torch.where(free, h + e, h), f, free, SWEEPS)
+
+
+def _solve(d: Tensor, m: Tensor, b: Tensor) -> Tensor:
+    """``h`` with ``sum over neighbours q of (h_p - h_q) = b_p`` where ``m`` = 0 (neighbours
+    outside the tile left out: zero flux) and ``h = d`` where ``m`` = 1; started from the mean
+    of ``d`` over the known pixels."""
+    free = m <= 0
+    start = (d * m).sum((-2, -1), keepdim=True) / m.sum((-2, -1), keepdim=True).clamp(min=1)
+    h = torch.where(free, start.expand_as(d), d)
+    for _ in range(CYCLES):
+        h = _vcycle(h, -b, free)
+    return h
+
+
+@dataclass(frozen=True)
+class Blend:
+    """A registered blend and the version its fingerprint carries (bump it when the same
+    settings would give other pixels)."""
+
+    fn: BlendFn
+    version: str
+
+
+#: The blends, by the name a model config and ``--blend`` use.
+BLENDS: dict[str, Blend] = {
+    "replace": Blend(replace, version="1"),
+    "poisson": Blend(poisson, version="1"),
+}

@@ -1,0 +1,145 @@
+"""How generated pixels meet known ones: ``replace`` (RePaint) and ``poisson`` (gradient-domain)."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import scipy.sparse.linalg as spl
+import torch
+
+from lazyslide import URCDM
+from lazyslide.blending import BLENDS, _solve, poisson, replace
+from lazyslide.errors import ModelError
+from lazyslide.evaluation.seams import seam_score
+from lazyslide.geometry import TileId
+from lazyslide.sampler import SAMPLERS, TileNoise, cosine_log_snr, parse_sampling, sample
+from lazyslide.slide import Slide
+from lazyslide.store import MemoryStore
+
+
+def direct_solve(d: np.ndarray, known: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Poisson's equation ``sum over neighbours q of (h_p - h_q) = b_p`` on the unknown pixels by
+    a sparse direct solve: ``d`` on the known pixels, no flux through the border (a neighbour
+    outside is left out)."""
+    n, m = d.shape
+    free = np.argwhere(~known)
+    index = -np.ones(d.shape, int)
+    index[~known] = np.arange(len(free))
+    rows, cols, vals, rhs = [], [], [], b[~known].astype(np.float64)
+    for k, (i, j) in enumerate(free):
+        degree = 0
+        for a, b in ((i + 1, j), (i - 1, j), (i, j + 1), (i, j - 1)):
+            if not (0 <= a < n and 0 <= b < m):
+                continue
+            degree += 1
+            if known[a, b]:
+                rhs[k] += d[a, b]
+            else:
+                rows.append(k), cols.append(index[a, b]), vals.append(-1.0)
+        rows.append(k), cols.append(k), vals.append(float(degree))
+    out = d.astype(np.float64).copy()
+    out[~known] = spl.spsolve(sp.csr_matrix((vals, (rows, cols)), shape=(len(free),) * 2), rhs)
+    return out
+
+
+def masks(size: int = 48) -> torch.Tensor:
+    """An L (top and left strips, as a later-phase tile has) and a right strip."""
+    mask = torch.zeros(2, 1, size, size, dtype=torch.bool)
+    mask[0, :, :6, :] = True
+    mask[0, :, :, :6] = True
+    mask[1, :, :, -6:] = True
+    return mask
+
+
+def texture(seed: int, size: int = 48) -> torch.Tensor:
+    """(1, 3, size, size) in [-1, 1]: a gradient plus pixel noise (line differences everywhere alike)."""
+    g = torch.Generator().manual_seed(seed)
+    y, x = torch.meshgrid(torch.linspace(-0.4, 0.4, size), torch.linspace(-0.3, 0.3, size), indexing="ij")
+    return (x + y + 0.05 * torch.randn(3, size, size, generator=g))[None]
+
+
+def test_the_multigrid_solve_is_within_half_a_uint8_level_of_a_direct_solve():
+    mask = masks()
+    g = torch.Generator().manual_seed(0)
+    d = (0.2 * torch.randn(2, 3, 48, 48, generator=g) + 0.3) * mask
+    rhs = 0.05 * torch.randn(2, 3, 48, 48, generator=g) * ~mask
+    h = _solve(d, mask.float().expand_as(d), rhs)
+    for i in range(2):
+        for c in range(3):
+            exact = direct_solve(d[i, c].numpy(), mask[i, 0].numpy(), rhs[i, c].numpy())
+            assert np.abs(h[i, c].numpy() - exact).max() < 0.5 / 127.5
+
+
+def test_poisson_keeps_the_known_pixels_and_the_texture_and_removes_the_step():
+    mask = masks()
+    truth = torch.cat([texture(0), texture(1)])
+    m = mask.expand_as(truth)
+    # a sampler whose generated pixels came out lighter than the neighbours, and whose own
+    # output steps where the known pixels end (it equals them there): plain Poisson blending,
+    # guided by that step, would keep it
+    raw = torch.where(m, truth, truth + 0.3)
+    out = poisson(raw, truth, mask)
+    assert torch.equal(out[m], truth[m])
+    assert float((out - truth)[~m].abs().mean()) < 0.03  # the 0.3 step is gone, the texture kept
+
+    def u8(x: torch.Tensor) -> list[np.ndarray]:
+        return [((i.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8) for i in x]
+
+    ms = [mask[i, 0].numpy() for i in range(2)]
+    assert seam_score(u8(replace(raw, truth, mask)), ms) > 2 and seam_score(u8(raw), ms) > 2
+    # the boundary step is now like the texture's own (smoother: the solve averages it with the
+    # steps around it; 1 would be exactly alike)
+    assert 0.5 < seam_score(u8(out), ms) < 1.1
+
+
+def test_poisson_leaves_a_sample_without_known_pixels_alone():
+    raw, known = texture(2).repeat(2, 1, 1, 1), texture(3).repeat(2, 1, 1, 1)
+    mask = masks()
+    mask[1] = False
+    out = poisson(raw, known, mask)
+    assert torch.equal(out[1], raw[1]) and not torch.equal(out[0], raw[0])
+    assert torch.equal(poisson(raw, known, torch.zeros_like(mask)), raw)
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_the_sampler_blends_after_its_last_step(sampler):
+    """Every sampler: the known pixels stay exact, and ``replace`` is what sampling was before
+    blends existed (the same pixels: stored tiles keep their fingerprints)."""
+
+    def model(x: torch.Tensor, log_snr: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x.roll(1, dims=-1) * 0.7 + 0.1)
+
+    shape, mask = (3, 48, 48), masks()
+    known = torch.rand(2, *shape, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    kw = dict(log_snr=cosine_log_snr, steps=4, known=known, mask=mask, resample=2,
+              step=SAMPLERS[sampler].step)
+    default = sample(model, shape, TileNoise([1, 2]), **kw)
+    assert torch.equal(default, sample(model, shape, TileNoise([1, 2]), blend=replace, **kw))
+    blended = sample(model, shape, TileNoise([1, 2]), blend=poisson, **kw)
+    m = mask.expand_as(blended)
+    assert torch.equal(blended[m], known[m]) and not torch.equal(blended, default)
+
+
+def test_blend_is_a_sampling_setting_in_the_fingerprint():
+    model = URCDM.random("test", 0)
+    assert model.sampling.blend == "replace" and "blend" not in model.config["sampling"]
+    blended = model.with_sampling(blend="poisson")
+    assert blended.fingerprint != model.fingerprint
+    assert blended.config["sampling"]["blend"] == "poisson"
+    with pytest.raises(ModelError, match="unknown blend 'nope'; choose from replace, poisson"):
+        model.with_sampling(blend="nope")
+    level2 = model.with_sampling(levels={2: parse_sampling("ancestral:2,1,1:1:poisson", 3)})
+    assert level2.sampling.for_level(2).blend == "poisson" and level2.sampling.for_level(1).blend == "replace"
+    assert set(BLENDS) == {"replace", "poisson"}
+
+
+def test_a_blended_tile_is_a_pure_function_of_its_address_and_keeps_its_neighbours_bytes():
+    model = URCDM.random("test", 0).with_sampling(blend="poisson")
+    tile = TileId(2, 2, 1)
+    a = Slide(model, seed=5, store=MemoryStore())
+    pixels = a.tile(*tile)
+    job = a._job(tile)
+    assert job.mask.any() and np.array_equal(pixels[job.mask], job.known[job.mask])
+    b = Slide(model, seed=5, store=MemoryStore())
+    assert np.array_equal(b.tile(*tile), pixels)
+    plain = Slide(URCDM.random("test", 0), seed=5, store=MemoryStore()).tile(*tile)
+    assert not np.array_equal(plain, pixels)
