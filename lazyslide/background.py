@@ -25,15 +25,26 @@ class BackgroundRule:
     erode: int = 5
     dilate: int = 51
     enabled: bool = True
+    #: Gaussian blur radius (parent pixels) applied to the parent before it is upscaled into a
+    #: background tile. 0 (the paper's fill, and every model's before this existed): the parent's
+    #: own pixel noise, magnified, next to generated glass that is smooth, a patchwork of tiles.
+    fill_blur: float = 0.0
 
     def __post_init__(self) -> None:
         if not (0 <= self.hue_min <= 1 and 0 <= self.sat_min <= 1):
             raise LazySlideError(f"background thresholds must be in [0, 1]: {self}")
         if self.erode < 1 or self.dilate < 1:
             raise LazySlideError(f"background erode/dilate sizes must be >= 1: {self}")
+        if isinstance(self.fill_blur, bool) or not isinstance(self.fill_blur, (int, float)) \
+                or not 0 <= self.fill_blur <= 64:
+            raise LazySlideError(f"background fill_blur must be a radius in [0, 64] parent pixels, "
+                                 f"got {self.fill_blur!r}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not self.fill_blur:  # absent at its old value: old models keep their fingerprints
+            del d["fill_blur"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> BackgroundRule:

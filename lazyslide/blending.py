@@ -129,5 +129,6 @@ class Blend:
 #: The blends, by the name a model config and ``--blend`` use.
 BLENDS: dict[str, Blend] = {
     "replace": Blend(replace, version="1"),
-    "poisson": Blend(poisson, version="1"),
+    # 2: background-filled tiles blend too (``generator.fill_background``)
+    "poisson": Blend(poisson, version="2"),
 }

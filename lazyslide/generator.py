@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image, ImageFilter
 
+from .blending import BLENDS
 from .conditioning import (
     centred_footprint,
     cond_image,
@@ -122,3 +124,27 @@ def generate(model: URCDM, jobs: Sequence[TileJob], *, unet_level: int | None = 
     for tile, job in zip(tiles, jobs, strict=True):
         tile[job.mask] = job.known[job.mask]  # exact: the stored neighbour bytes
     return list(tiles)
+
+
+def fill_background(model: URCDM, job: TileJob) -> np.ndarray:
+    """A tile whose parent shows no tissue, without diffusion: the parent (blurred by the
+    background rule's ``fill_blur``) upscaled over the tile's footprint, joined to the known
+    neighbour pixels by the level's blend (as a generated tile is), the known pixels kept
+    exactly.
+
+    With ``replace``, the upscaled parent meets the neighbours with whatever step there is; where
+    generated glass is lighter than the parent's, that drew the tile grid in glass. ``poisson``
+    lets the filled tile take up the difference smoothly."""
+    t = model.geometry.tile
+    window = Image.fromarray(job.window)
+    if model.background.fill_blur:
+        window = window.filter(ImageFilter.GaussianBlur(model.background.fill_blur))
+    up = window.resize((t, t), Image.Resampling.BICUBIC, box=job.footprint)
+    pixels = np.array(up)
+    blend = model.sampling.for_level(job.tile.level).blend
+    if blend != "replace" and job.mask.any():
+        mask = torch.from_numpy(job.mask)[None, None]
+        raw, known = to_model_space([pixels]), to_model_space([job.known])
+        pixels = to_uint8(BLENDS[blend].fn(raw, known, mask))[0]
+    pixels[job.mask] = job.known[job.mask]
+    return pixels

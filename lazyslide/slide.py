@@ -18,11 +18,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 
 import numpy as np
-from PIL import Image
 
 from .background import has_tissue
 from .errors import LazySlideError
-from .generator import TileJob, generate
+from .generator import TileJob, fill_background, generate
 from .geometry import BACKGROUND_FILL, Box, TileId
 from .methods import Method, get_method
 from .model import URCDM
@@ -207,13 +206,7 @@ class Slide:
         return has_tissue(job.window, job.footprint, self.model.background)
 
     def _background_tile(self, job: TileJob) -> np.ndarray:
-        """No diffusion: the parent upscaled over the footprint, known neighbour pixels kept."""
-        t = self.geometry.tile
-        up = Image.fromarray(job.window).resize((t, t), Image.Resampling.BICUBIC,
-                                                box=job.footprint)
-        pixels = np.array(up)
-        pixels[job.mask] = job.known[job.mask]
-        return pixels
+        return fill_background(self.model, job)
 
     # -- reading ---------------------------------------------------------------------------------
     def _check_level(self, level: int) -> None:

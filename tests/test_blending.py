@@ -143,3 +143,47 @@ def test_a_blended_tile_is_a_pure_function_of_its_address_and_keeps_its_neighbou
     assert np.array_equal(b.tile(*tile), pixels)
     plain = Slide(URCDM.random("test", 0), seed=5, store=MemoryStore()).tile(*tile)
     assert not np.array_equal(plain, pixels)
+
+
+def background_job(size: int = 64):
+    """A level-1 background job: a noisy glass window, a lighter strip known on the left."""
+    from lazyslide.generator import TileJob
+
+    rng = np.random.default_rng(0)
+    window = np.clip(rng.normal(236, 6, (size, size, 3)), 0, 255).astype(np.uint8)
+    known = np.full((size, size, 3), 246, np.uint8)
+    mask = np.zeros((size, size), bool)
+    mask[:, :8] = True
+    q = size / 4
+    return TileJob(TileId(1, 1, 0), 0, known, mask, window, (q, q, 3 * q, 3 * q))
+
+
+def test_a_background_tile_blends_into_its_neighbours_and_may_blur_its_parent():
+    from dataclasses import replace as with_rule
+
+    from lazyslide.generator import fill_background
+
+    model = URCDM.random("test", 0)
+    job = background_job(model.geometry.tile)
+    plain = fill_background(model, job)
+    assert np.array_equal(plain[job.mask], job.known[job.mask])
+    step = np.abs(plain[:, 8].astype(float) - plain[:, 7]).mean()
+    blended = fill_background(model.with_sampling(blend="poisson"), job)
+    assert np.array_equal(blended[job.mask], job.known[job.mask])
+    assert np.abs(blended[:, 8].astype(float) - blended[:, 7]).mean() < step / 2
+    blurred_model = model.with_sampling()
+    blurred_model._background = with_rule(model.background, fill_blur=2.0)
+    blurred = fill_background(blurred_model, job)
+    inside = (slice(None), slice(job.mask.shape[1] // 2, None))
+    assert blurred[inside].std() < plain[inside].std() / 2  # the parent's pixel noise, not magnified
+
+
+def test_fill_blur_is_in_the_fingerprint_only_when_set():
+    from lazyslide.background import BackgroundRule
+    from lazyslide.errors import LazySlideError
+
+    assert "fill_blur" not in BackgroundRule().to_dict()
+    assert BackgroundRule.from_dict({"fill_blur": 2.0}).to_dict()["fill_blur"] == 2.0
+    for bad in (-1, 100, True, "2"):
+        with pytest.raises(LazySlideError, match="fill_blur must be a radius"):
+            BackgroundRule(fill_blur=bad)

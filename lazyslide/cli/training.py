@@ -71,6 +71,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     asm.add_argument("--background-sat", type=float,
                      help="saturation above which the background rule sees tissue (default: the "
                      "paper's 0.02; raise it when generated glass is tinted above that)")
+    asm.add_argument("--background-blur", type=float,
+                     help="Gaussian blur radius in parent pixels before the parent is upscaled "
+                     "into a background tile (default 0, the paper's fill; smooth generated glass "
+                     "next to the parent's magnified pixel noise shows the tile grid)")
     asm.add_argument("--overwrite", action="store_true")
     asm.set_defaults(func=cmd_assemble)
 
@@ -156,6 +160,7 @@ def cmd_assemble(args: argparse.Namespace) -> int:
 
     stages = len(run_summary(args.runs[0])["model"]["sampling"]["steps"])  # runs: nargs="+"
     model = assemble(args.runs, args.output, dtype=args.dtype, overwrite=args.overwrite,
-                     sampling=sampling_overrides(args, stages), background_sat=args.background_sat)
+                     sampling=sampling_overrides(args, stages), background_sat=args.background_sat,
+                     background_blur=args.background_blur)
     print(f"{describe(args.output)}; fingerprint {model.fingerprint}")
     return 0

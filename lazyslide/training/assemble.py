@@ -19,7 +19,7 @@ from .trainer import MODEL_KEYS, TrainError, run_summary
 
 def assemble(runs: Sequence[str | Path], out: str | Path, *, dtype: str = "float32",
              overwrite: bool = False, sampling: Mapping[str, Any] | None = None,
-             background_sat: float | None = None) -> URCDM:
+             background_sat: float | None = None, background_blur: float | None = None) -> URCDM:
     """Build a model folder from one run per (level, unet); all must share one model config.
 
     ``dtype="float16"`` halves the files (the bundled demo model); weights load back into
@@ -27,7 +27,8 @@ def assemble(runs: Sequence[str | Path], out: str | Path, *, dtype: str = "float
     (steps, resample, sampler, ...).
     ``background_sat`` overrides the background rule's saturation threshold: the paper's 0.02
     suits real glass, but a briefly trained model's generated glass can be tinted above it,
-    and then no tile is ever skipped as background.
+    and then no tile is ever skipped as background. ``background_blur`` sets the rule's
+    ``fill_blur`` (the parent blurred before it fills a background tile).
     """
     out = Path(out)
     if (out / "config.json").exists() and not overwrite:
@@ -96,6 +97,10 @@ def assemble(runs: Sequence[str | Path], out: str | Path, *, dtype: str = "float
         if not 0 <= background_sat <= 1:
             raise TrainError(f"--background-sat must be in [0, 1], got {background_sat}")
         config["background"] = dict(config["background"], sat_min=float(background_sat))
+    if background_blur is not None:
+        if not 0 <= background_blur <= 64:
+            raise TrainError(f"--background-blur must be in [0, 64], got {background_blur}")
+        config["background"] = dict(config["background"], fill_blur=float(background_blur))
     model = URCDM(config, state, source=str(out))
     for lv, st in want:
         model.unet(lv, st)  # loads (and checks) every unet against the config
