@@ -289,10 +289,10 @@ _IMPLICIT = {"sampler": "ancestral", "known_channels": True, "blend": "replace"}
 _LEVEL_FIELDS = {"steps", "resample", "threshold", *_IMPLICIT}
 
 
-#: The optional fields after SAMPLER:STEPS:RESAMPLE in the short form: a word -> the setting.
+#: The optional fields after SAMPLER:STEPS:RESAMPLE in the short form: a word -> the setting
+#: (besides these, a blend's name in ``BLENDS`` sets ``blend``).
 OPTIONS: dict[str, tuple[str, Any]] = {
     "channels": ("known_channels", True), "no-channels": ("known_channels", False),
-    **{name: ("blend", name) for name in BLENDS},
 }
 
 
@@ -312,11 +312,12 @@ def parse_sampling(text: str, stages: int) -> dict[str, Any]:
         raise ModelError(f"{text!r}: expected SAMPLER:STEPS:RESAMPLE[:OPTION...], e.g. "
                          "dpmpp-2m:16,16,16:1") from None
     options: dict[str, Any] = {}
+    words = {**OPTIONS, **{name: ("blend", name) for name in BLENDS}}
     for word in parts[3:]:
-        if word not in OPTIONS:
+        if word not in words:
             raise ModelError(f"{text!r}: an option after RESAMPLE must be one of "
-                             f"{', '.join(OPTIONS)}, got {word!r}")
-        name, value = OPTIONS[word]
+                             f"{', '.join(words)}, got {word!r}")
+        name, value = words[word]
         if name in options:
             raise ModelError(f"{text!r}: {name} given twice")
         options[name] = value

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from lazyslide.blending import BLENDS, Blend, replace
 from lazyslide.cli import build_parser
 from lazyslide.export import EXPORTERS
 from lazyslide.methods import METHODS, Method
@@ -26,12 +27,15 @@ def test_the_cli_offers_what_the_registries_hold(monkeypatch):
     assert choices("materialize", "--format") == list(EXPORTERS)
     for command in ("tile", "serve", "materialize", "evaluate"):
         assert choices(command, "--sampler") == list(SAMPLERS)
+        assert choices(command, "--blend") == list(BLENDS)
     for command in ("tile", "materialize", "evaluate"):
         assert choices(command, "--method") == list(METHODS)
     # one entry more in each registry: the parser offers it, nothing else is edited
     monkeypatch.setitem(SAMPLERS, "ancestral-copy", Sampler(ancestral_step, version="copy-1"))
     monkeypatch.setitem(METHODS, "urcdm-copy", Method("urcdm-copy", "a copy", ParityPlan()))
     monkeypatch.setitem(EXPORTERS, "tiff-copy", EXPORTERS["tiff"])
+    monkeypatch.setitem(BLENDS, "replace-copy", Blend(replace, version="copy-1"))
+    assert "replace-copy" in choices("serve", "--blend")
     assert "ancestral-copy" in choices("tile", "--sampler")
     assert "urcdm-copy" in choices("evaluate", "--method")
     assert "tiff-copy" in choices("materialize", "--format")
@@ -56,3 +60,15 @@ def test_the_readme_format_table_follows_the_exporters():
     rows = re.findall(r"^\| `([\w-]+)` \|", table, re.M)
     assert rows == list(EXPORTERS)
     assert list(ARCHITECTURES) == ["imagen-unet"]
+
+
+def test_a_registered_blend_is_usable_and_fingerprinted_apart(monkeypatch):
+    from lazyslide import URCDM
+    from lazyslide.sampler import parse_sampling
+
+    model = URCDM.random("test", 0)
+    monkeypatch.setitem(BLENDS, "replace-copy", Blend(replace, version="copy-1"))
+    other = model.with_sampling(blend="replace-copy")
+    assert other.config["sampling"]["blend"] == "replace-copy"
+    assert other.fingerprint != model.fingerprint
+    assert parse_sampling("ancestral:2,1,1:1:replace-copy", 3)["blend"] == "replace-copy"
