@@ -31,6 +31,7 @@ BlendFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 #: half a uint8 level of the exact solution (tests/test_blending.py checks against a direct solve).
 OMEGA, SWEEPS, CYCLES = 0.8, 3, 8
 
+
 def replace(raw: Tensor, known: Tensor, mask: Tensor) -> Tensor:
     """The known pixels put back as they are (RePaint, the paper)."""
     return torch.where(mask, known, raw)

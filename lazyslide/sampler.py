@@ -333,14 +333,14 @@ def parse_sampling(text: str, stages: int) -> dict[str, Any]:
 @dataclass(frozen=True)
 class SamplingConfig:
     """Sampler family, steps and RePaint resamples per cascade stage, dynamic-threshold
-    percentile and whether trained inpainting's known-pixel channels are used, with what differs
+    percentile, whether trained inpainting's known-pixel channels are used and the blend, with what differs
     at some magnification levels (``levels``): everything besides the weights (and the
     network's inputs, which the model config decides: ``conditioning.inpainting``) that decides
     a tile.
 
     ``to_dict`` is what a model config stores and the fingerprint hashes. Fields at the values
-    that models had before they existed (sampler "ancestral", known-pixel channels on, no
-    per-level settings) are left out of it, so those models keep their fingerprints and stored
+    that models had before they existed (sampler "ancestral", known-pixel channels on, blend
+    "replace", no per-level settings) are left out of it, so those models keep their fingerprints and stored
     tiles.
     """
 
@@ -353,11 +353,11 @@ class SamplingConfig:
     #: enter by replacement alone, as in RePaint. On the demo model the channels made the
     #: first generated pixel line worse than no channels did (bench/inpainting_edge.py).
     known_channels: bool = True
-    #: per magnification level, the settings that differ there (e.g. level 0, one tile made
-    #: once per slide, sampled with more steps than the inpainted tiles below it)
     #: how the generated pixels meet the known ones after the last step (``lazyslide.blending``):
     #: ``replace`` puts the known pixels back (RePaint), ``poisson`` also blends the seam away
     blend: str = "replace"
+    #: per magnification level, the settings that differ there (e.g. level 0, one tile made
+    #: once per slide, sampled with more steps than the inpainted tiles below it)
     levels: Mapping[int, Mapping[str, Any]] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:

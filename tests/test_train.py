@@ -141,7 +141,13 @@ def test_assemble_load_and_sample(runs, tmp_path):
     assert main(["assemble", *map(str, runs), "-o", str(tmp_path / "m4"), "--resample", "1,1"]) == 2
     with pytest.raises(TrainError, match="integers >= 1"):
         assemble(runs, tmp_path / "m4", sampling={"steps": [0, 1, 1]})
+    with pytest.raises(TrainError, match="--background-blur: background fill_blur must be a radius"):
+        assemble(runs, tmp_path / "m4", background_blur=100)
     assert not (tmp_path / "m4").exists()
+    # a blur of 0 is the paper's fill: left out of the config, the fingerprint unchanged
+    unblurred = assemble(runs, tmp_path / "m5", dtype="float16", background_blur=0)
+    assert unblurred.fingerprint == model.fingerprint
+    assert assemble(runs, tmp_path / "m6", background_blur=2).background.fill_blur == 2.0
 
 
 def test_assemble_refuses_incomplete_or_mixed_runs(runs, data, tmp_path):

@@ -10,8 +10,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from ..background import BackgroundRule
 from ..conditioning import has_neighbours
-from ..errors import ModelError
+from ..errors import LazySlideError, ModelError
 from ..model import URCDM, default_config
 from ..sampler import SamplingConfig
 from .trainer import MODEL_KEYS, TrainError, run_summary
@@ -93,14 +94,15 @@ def assemble(runs: Sequence[str | Path], out: str | Path, *, dtype: str = "float
             config["sampling"] = SamplingConfig.from_dict({**config["sampling"], **sampling}).to_dict()
         except ModelError as e:
             raise TrainError(str(e)) from None
-    if background_sat is not None:
-        if not 0 <= background_sat <= 1:
-            raise TrainError(f"--background-sat must be in [0, 1], got {background_sat}")
-        config["background"] = dict(config["background"], sat_min=float(background_sat))
-    if background_blur is not None:
-        if not 0 <= background_blur <= 64:
-            raise TrainError(f"--background-blur must be in [0, 64], got {background_blur}")
-        config["background"] = dict(config["background"], fill_blur=float(background_blur))
+    for option, key, value in (("--background-sat", "sat_min", background_sat),
+                               ("--background-blur", "fill_blur", background_blur)):
+        if value is None:
+            continue
+        try:  # the rule checks its own bounds, and leaves fields at their old values out
+            rule = BackgroundRule.from_dict({**config["background"], key: float(value)})
+        except LazySlideError as e:
+            raise TrainError(f"{option}: {e}") from None
+        config["background"] = rule.to_dict()
     model = URCDM(config, state, source=str(out))
     for lv, st in want:
         model.unet(lv, st)  # loads (and checks) every unet against the config
