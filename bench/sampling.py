@@ -26,16 +26,24 @@ tiles are kept apart and a rerun reuses them.
     .venv/bin/python bench/sampling.py [--model demo] [--seeds 4] [--block 3] \\
         [--data data/demo-dataset] [--store DIR] [--baseline ancestral:64,32,32:3] \\
         [--row ddim:16,16,16:1 ...] [--row data/other-model@dpmpp-2m:16,16,16:1 ...]
+
+Large counts on a GPU, where the FID weights cannot travel: make the tiles there and measure
+them here. ``--device cuda --batch-size 256`` makes each row's tiles of one level and phase of
+all seeds in shared network calls (``ensure_many``); ``--save-tiles DIR`` writes the rows' tiles
+(lossless WebP), cost, seam sums and s/tile (timed there) and skips FID; ``--load-tiles DIR``
+computes FID here and prints the table.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 from demo_quality import real_patches  # noqa: E402
@@ -44,8 +52,8 @@ from lazyslide import URCDM, Slide  # noqa: E402
 from lazyslide.errors import ModelError  # noqa: E402
 from lazyslide.evaluation.features import InceptionFeatures  # noqa: E402
 from lazyslide.evaluation.fid import fid  # noqa: E402
-from lazyslide.evaluation.samples import block_tiles, level_patches  # noqa: E402
-from lazyslide.evaluation.seams import known_mask, seam_score  # noqa: E402
+from lazyslide.evaluation.samples import block_tiles, ensure_many, level_patches  # noqa: E402
+from lazyslide.evaluation.seams import known_mask, seam_ratio, seam_sums  # noqa: E402
 from lazyslide.generator import TileJob, generate  # noqa: E402
 from lazyslide.sampler import parse_sampling  # noqa: E402
 from lazyslide.store import MemoryStore, TileStore  # noqa: E402
@@ -61,7 +69,7 @@ def parse_row(text: str, stages: int) -> dict:
         raise SystemExit(f"--row {e}") from None
 
 
-def row_model(base: URCDM, text: str, stages: int) -> URCDM:
+def row_model(base: URCDM, text: str, stages: int, device: str | None = None) -> URCDM:
     """The row's model: ``base`` or the model before '@', its inpainted levels sampled as the
     row says and its one-tile levels (level 0) as the baseline's are, so that every row's
     levels 1-2 grow from the same level-0 pixels (``MODEL@`` alone: as that model's own config
@@ -69,6 +77,8 @@ def row_model(base: URCDM, text: str, stages: int) -> URCDM:
     model = base
     if "@" in text:
         model = URCDM.from_spec(text.rsplit("@", 1)[0])
+        if device:
+            model = model.to(device)
         if model.geometry != base.geometry:
             raise SystemExit(f"--row {text!r}: its model's geometry is not the baseline's")
         if text.endswith("@"):
@@ -105,10 +115,14 @@ def seconds_per_tile(model: URCDM, jobs: list[TileJob]) -> float:
     return float(np.median(times)) if times else float("nan")
 
 
-def measure(model: URCDM, seeds: list[int], block: int, store) -> dict:
+def measure(model: URCDM, seeds: list[int], block: int, store, batch_size: int = 1) -> dict:
     """Tiles of the blocks (``level_patches``, as demo_quality chooses them), with cost and seam
-    numbers."""
+    numbers; with ``batch_size`` > 1 made first in calls shared across seeds (``ensure_many``)."""
     slides = [Slide(model, seed, store, make_level0=False) for seed in seeds]
+    if batch_size > 1:
+        ensure_many(slides, [s.geometry.tiles(0) for s in slides], batch_size)
+        ensure_many(slides, [block_tiles(s, 1, block) + block_tiles(s, 2, block) for s in slides],
+                    batch_size)
     tiles = {lv: level_patches(slides, lv, block) for lv in (1, 2)}
     inpainted, masks = [], []
     for slide in slides:
@@ -125,8 +139,45 @@ def measure(model: URCDM, seeds: list[int], block: int, store) -> dict:
         "evals_inpainted": max(model.sampling.evaluations(lv) for lv in (1, 2)),
         "evals_per_tile": evals / made if made else float("nan"),
         "generated": made,
-        "seam": seam_score(inpainted, masks),
+        "seam": seam_sums(inpainted, masks),
     }
+
+
+MOSAIC_COLUMNS = 16  # tiles per mosaic row: WebP images are at most 16383 px on a side
+
+
+def save_tiles(folder: Path, results: dict, meta: dict) -> None:
+    """Each row's level-1 and level-2 tiles as lossless WebP mosaics, the rest as JSON."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (name, r) in enumerate(results.items()):
+        counts = {}
+        for lv in (1, 2):
+            tiles = np.stack(r["tiles"][lv])
+            n, t = len(tiles), tiles.shape[1]
+            grid = np.zeros((-(-n // MOSAIC_COLUMNS) * MOSAIC_COLUMNS, t, t, 3), np.uint8)
+            grid[:n] = tiles
+            grid = grid.reshape(-1, MOSAIC_COLUMNS, t, t, 3).transpose(0, 2, 1, 3, 4)
+            Image.fromarray(grid.reshape(-1, MOSAIC_COLUMNS * t, 3)).save(
+                folder / f"row{i}_level{lv}.webp", lossless=True, quality=100, method=4)
+            counts[lv] = n
+        rows.append({"name": name, "counts": counts, **{k: r[k] for k in (
+            "evals_inpainted", "evals_per_tile", "generated", "seam", "seconds_per_tile")}})
+    (folder / "meta.json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
+
+
+def load_tiles(folder: Path) -> tuple[dict, dict]:
+    meta = json.loads((folder / "meta.json").read_text())
+    results = {}
+    for i, row in enumerate(meta.pop("rows")):
+        r = dict(row, tiles={})
+        for lv in (1, 2):
+            grid = np.array(Image.open(folder / f"row{i}_level{lv}.webp").convert("RGB"))
+            t = grid.shape[1] // MOSAIC_COLUMNS
+            tiles = grid.reshape(-1, t, MOSAIC_COLUMNS, t, 3).transpose(0, 2, 1, 3, 4).reshape(-1, t, t, 3)
+            r["tiles"][lv] = list(tiles[: row["counts"][str(lv)]])
+        results[row["name"]] = r
+    return results, meta
 
 
 def main() -> None:
@@ -142,44 +193,72 @@ def main() -> None:
                    help=f"[MODEL@]SAMPLER:STEPS:RESAMPLE (default: {' '.join(DEFAULT_ROWS)})")
     p.add_argument("--time-tiles", type=int, default=6,
                    help="level-2 inpainted tiles each row is timed on (default 6)")
+    p.add_argument("--device", help="torch device of the models (default: the CPU)")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="tiles per network call, shared across seeds (default 1: as a slide makes them)")
+    p.add_argument("--save-tiles", type=Path, help="write the rows' tiles and numbers here, no FID")
+    p.add_argument("--load-tiles", type=Path, help="FID and the table for tiles --save-tiles wrote")
     args = p.parse_args()
 
-    base = URCDM.from_spec(args.model)
-    stages = len(base.sampling.steps)
-    if args.baseline:
-        base = base.with_sampling(**parse_row(args.baseline, stages))
-    rows = [("baseline " + (args.baseline or "(the model's)"), base)]
-    for text in args.row or DEFAULT_ROWS:
-        rows.append((text, row_model(base, text, stages)))
-    seeds = list(range(args.seeds))
-    store = TileStore(args.store) if args.store else MemoryStore()
-    results = {}
-    for name, model in rows:
-        results[name] = measure(model, seeds, args.block, store)
-        print(f"{name}: {results[name]['generated']} tiles made", file=sys.stderr, flush=True)
-    jobs = timing_jobs(base, seeds, args.block, store, args.time_tiles)
-    for name, model in rows:
-        results[name]["seconds_per_tile"] = seconds_per_tile(model, jobs)
+    made_by = {"command": " ".join(sys.argv)}
+    if args.load_tiles:
+        results, made_by = load_tiles(args.load_tiles)
+        rows = [(name, None) for name in results]
+        base = URCDM.from_spec(made_by["model"])
+        fingerprint, jobs_n = made_by["fingerprint"], made_by["time_tiles"]
+        seeds_n, block = made_by["seeds"], made_by["block"]
+    else:
+        base = URCDM.from_spec(args.model)
+        if args.device:
+            base = base.to(args.device)
+        stages = len(base.sampling.steps)
+        if args.baseline:
+            base = base.with_sampling(**parse_row(args.baseline, stages))
+        rows = [("baseline " + (args.baseline or "(the model's)"), base)]
+        for text in args.row or DEFAULT_ROWS:
+            rows.append((text, row_model(base, text, stages, args.device)))
+        seeds = list(range(args.seeds))
+        store = TileStore(args.store) if args.store else MemoryStore()
+        results = {}
+        for name, model in rows:
+            t0 = time.perf_counter()
+            results[name] = measure(model, seeds, args.block, store, args.batch_size)
+            print(f"{name}: {results[name]['generated']} tiles made in {time.perf_counter() - t0:.0f} s",
+                  file=sys.stderr, flush=True)
+        jobs = timing_jobs(base, seeds, args.block, store, args.time_tiles)
+        for name, model in rows:
+            results[name]["seconds_per_tile"] = seconds_per_tile(model, jobs)
+        fingerprint, jobs_n, seeds_n, block = base.fingerprint, len(jobs), args.seeds, args.block
+        if args.save_tiles:
+            save_tiles(args.save_tiles, results, {
+                **made_by, "model": args.model, "fingerprint": fingerprint, "seeds": seeds_n,
+                "block": block, "time_tiles": jobs_n, "device": str(base.device)})
+            print(f"saved to {args.save_tiles}; measure with --load-tiles {args.save_tiles}")
+            return
     n = {lv: min(len(r["tiles"][lv]) for r in results.values()) for lv in (1, 2)}
     real = real_patches(base, args.data, max(n.values()))
+    n = {lv: min(n[lv], len(real[lv])) for lv in (1, 2)}
     extract = InceptionFeatures()
     real_feats = {lv: extract(real[lv][: n[lv]]) for lv in (1, 2)}
     for r in results.values():
         r["fid"] = {lv: fid(real_feats[lv], extract(np.stack(r["tiles"][lv][: n[lv]]))) for lv in (1, 2)}
 
     print("command: .venv/bin/python " + " ".join(sys.argv))
-    print(f"model {args.model} ({base.fingerprint}), seeds {args.seeds}, block {args.block}x{args.block}, "
-          f"FID n: level 1 {n[1]}, level 2 {n[2]} (same in every row), s/tile: median of "
-          f"{len(jobs)} level-2 inpainted tiles")
+    if args.load_tiles:
+        print(f"tiles made by: {made_by['command']} (device {made_by['device']}; s/tile timed there)")
+    print(f"model {made_by.get('model', args.model)} ({fingerprint}), seeds {seeds_n}, block "
+          f"{block}x{block}, FID n: level 1 {n[1]}, level 2 {n[2]} (same in every row), s/tile: "
+          f"median of {jobs_n} level-2 inpainted tiles")
     cols = ["evals/inpainted", "evals/tile", "x evals", "s/tile", "x time", "seam", "FID L1", "FID L2"]
     print(f"{'':24s}" + "".join(f"{c:>16s}" for c in cols))
     b = results[rows[0][0]]
     for name, _ in rows:
         r = results[name]
+        seam = seam_ratio(*r["seam"])
         better = (r["evals_inpainted"] < b["evals_inpainted"] and r["fid"][1] <= b["fid"][1]
-                  and r["fid"][2] <= b["fid"][2] and r["seam"] <= max(b["seam"], 1.2))
+                  and r["fid"][2] <= b["fid"][2] and seam <= max(seam_ratio(*b["seam"]), 1.2))
         vals = [r["evals_inpainted"], r["evals_per_tile"], r["evals_per_tile"] / b["evals_per_tile"],
-                r["seconds_per_tile"], r["seconds_per_tile"] / b["seconds_per_tile"], r["seam"],
+                r["seconds_per_tile"], r["seconds_per_tile"] / b["seconds_per_tile"], seam,
                 r["fid"][1], r["fid"][2]]
         print(f"{('* ' if better else '  ') + name:24s}" + "".join(
             f"{v:16.0f}" if i == 0 else f"{v:16.2f}" for i, v in enumerate(vals)))

@@ -10,12 +10,14 @@ model's tile size.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
+from ..generator import generate
 from ..geometry import TileId
 from ..slide import Slide
 from ..wsi import SlideReader, TissueRule, to_hsv
@@ -106,6 +108,46 @@ def block_tiles(slide: Slide, level: int, block: int) -> list[TileId]:
         centre = (block // 2, block // 2)
     lo = [min(max(0, c - block // 2), g.grid(level) - block) for c in centre]
     return [TileId(level, lo[0] + i, lo[1] + j) for j in range(block) for i in range(block)]
+
+
+def ensure_many(slides: Sequence[Slide], targets: Sequence[Iterable[TileId]], batch_size: int) -> None:
+    """Make what ``targets[i]`` needs on ``slides[i]`` (slides of one model and method), the
+    tiles of one level and inpainting phase of all slides in shared network calls of up to
+    ``batch_size`` tiles.
+
+    Evaluation draws many slides of one model, each making a few tiles per phase; on a GPU a
+    call costs about the same for one tile as for tens, so batching across slides is what makes
+    large sample counts affordable there. Each tile draws its own random numbers (``generate``),
+    so only the backends' batch variance (1 in a few uint8 values) tells such tiles from tiles
+    made one per call; with ``batch_size`` 1 they are the slides' own tiles, byte for byte."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    groups: dict[tuple[int, int], list[tuple[Slide, TileId]]] = defaultdict(list)
+    for slide, tiles in zip(slides, targets, strict=True):
+        for t in slide.missing(tiles):
+            groups[(t.level, slide.plan.rank(slide.geometry, *t))].append((slide, t))
+    for key in sorted(groups):  # a level's phases after the levels above: dependencies first
+        items = groups[key]
+        for i in range(0, len(items), batch_size):
+            _make_batch(items[i:i + batch_size])
+
+
+def _make_batch(items: list[tuple[Slide, TileId]]) -> None:
+    """Make and store tiles of one level and phase of several slides (dependencies stored)."""
+    jobs = [slide._job(t) for slide, t in items]
+    background = [j.window is not None and not s._has_tissue(j)
+                  for (s, _), j in zip(items, jobs, strict=True)]
+    diffuse = [j for j, bg in zip(jobs, background, strict=True) if not bg]
+    first = items[0][0]
+    evaluations: Counter[int] = Counter()
+    made = iter(generate(first.model, diffuse, unet_level=first.method.unet_level,
+                         evaluations=evaluations) if diffuse else ())
+    per_tile = sum(evaluations.values()) // max(len(diffuse), 1)
+    for (slide, t), job, bg in zip(items, jobs, background, strict=True):
+        slide.store.put(slide.key(t), slide._background_tile(job) if bg else next(made))
+        (slide.background if bg else slide.generated)[t.level] += 1
+        if not bg:
+            slide.unet_evaluations[t.level] += per_tile
 
 
 def level_patches(slides: Sequence[Slide], level: int, block: int, *, tissue_only: bool = True,

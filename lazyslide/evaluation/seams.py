@@ -55,10 +55,11 @@ def _pairs(lum: np.ndarray, mask: np.ndarray, inset: int) -> tuple[np.ndarray, n
     return np.concatenate(seam), np.concatenate(ref)
 
 
-def seam_score(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], inset: int = INSET) -> float:
-    """Seam score of tiles (H, W, 3 uint8) with their known masks (H, W bool); nan if no tile
-    has a boundary between known and generated pixels."""
-    seam, ref = [], []
+def seam_sums(images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
+              inset: int = INSET) -> tuple[float, int, float, int]:
+    """(sum, count) of the boundary differences and of the reference ones: what ``seam_score``
+    divides, kept apart so that scores of tile sets made in separate runs can be pooled."""
+    seam, ref = [np.zeros(0)], [np.zeros(0)]
     for img, mask in zip(images, masks, strict=True):
         if not mask.any() or mask.all():
             continue
@@ -67,9 +68,18 @@ def seam_score(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], inset:
             s, r = _pairs(lines, m, inset)
             seam.append(s)
             ref.append(r)
-    if not seam:
-        return float("nan")
     s, r = np.concatenate(seam), np.concatenate(ref)
-    if not len(s) or not len(r) or r.mean() == 0:
+    return float(s.sum()), len(s), float(r.sum()), len(r)
+
+
+def seam_ratio(seam_sum: float, seam_n: int, ref_sum: float, ref_n: int) -> float:
+    """Mean boundary difference over mean reference difference; nan without both."""
+    if not seam_n or not ref_n or ref_sum == 0:
         return float("nan")
-    return float(s.mean() / r.mean())
+    return (seam_sum / seam_n) / (ref_sum / ref_n)
+
+
+def seam_score(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], inset: int = INSET) -> float:
+    """Seam score of tiles (H, W, 3 uint8) with their known masks (H, W bool); nan if no tile
+    has a boundary between known and generated pixels."""
+    return seam_ratio(*seam_sums(images, masks, inset))
