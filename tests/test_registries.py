@@ -25,6 +25,7 @@ def choices(command: str, option: str) -> list[str]:
 
 def test_the_cli_offers_what_the_registries_hold(monkeypatch):
     assert choices("materialize", "--format") == list(EXPORTERS)
+    assert choices("assemble", "--architecture") == list(ARCHITECTURES)
     for command in ("tile", "serve", "materialize", "evaluate"):
         assert choices(command, "--sampler") == list(SAMPLERS)
         assert choices(command, "--blend") == list(BLENDS)
@@ -59,7 +60,7 @@ def test_the_readme_format_table_follows_the_exporters():
     table = readme[readme.index("| format | layout |"):].split("\n\n")[0]
     rows = re.findall(r"^\| `([\w-]+)` \|", table, re.M)
     assert rows == list(EXPORTERS)
-    assert list(ARCHITECTURES) == ["imagen-unet"]
+    assert list(ARCHITECTURES) == ["imagen-unet", "imagen-unet-channels-last"]
 
 
 def test_a_registered_blend_is_usable_and_fingerprinted_apart(monkeypatch):

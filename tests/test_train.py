@@ -10,12 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from lazyslide import URCDM, Slide
 from lazyslide.cli import main
+from lazyslide.errors import ModelError
 from lazyslide.geometry import TileId, preset
 from lazyslide.training.assemble import assemble
 from lazyslide.training.prepare import DatasetError, prepare
@@ -148,6 +150,19 @@ def test_assemble_load_and_sample(runs, tmp_path):
     unblurred = assemble(runs, tmp_path / "m5", dtype="float16", background_blur=0)
     assert unblurred.fingerprint == model.fingerprint
     assert assemble(runs, tmp_path / "m6", background_blur=2).background.fill_blur == 2.0
+    # the same weights run channels-last: another fingerprint, the same tiles within 1 level
+    assert main(["assemble", *map(str, runs), "-o", str(tmp_path / "m7"), "--dtype", "float16",
+                 "--architecture", "imagen-unet-channels-last"]) == 0
+    fast = URCDM.load(tmp_path / "m7")
+    assert fast.config["architecture"] == "imagen-unet-channels-last"
+    assert fast.fingerprint != model.fingerprint
+    assert fast.unet(1, 2).final_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    fast_tile = Slide(fast, seed=1, make_level0=False).tile(1, 0, 0)
+    assert np.abs(fast_tile.astype(int) - tile.astype(int)).max() <= 1
+    again = Slide(URCDM.load(tmp_path / "m7"), seed=1, make_level0=False).tile(1, 0, 0)
+    assert np.array_equal(fast_tile, again)  # still a pure function of the address
+    with pytest.raises(ModelError, match="unknown architecture"):
+        assemble(runs, tmp_path / "m8", architecture="nope")
 
 
 def test_assemble_refuses_incomplete_or_mixed_runs(runs, data, tmp_path):

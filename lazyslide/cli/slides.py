@@ -89,6 +89,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from ..conditioning import conditioning, inpainting, trained_inpainting
+    from ..networks import DEFAULT_ARCHITECTURE
 
     model = load_model(args.model)
     g = model.geometry
@@ -108,6 +109,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         "sampling": model.config["sampling"],
         "conditioning": conditioning(model.config),
         "inpainting": inpainting(model.config),
+        "architecture": model.config.get("architecture", DEFAULT_ARCHITECTURE),
         "total_params": sum(counts.values()),
     }
     if args.json:
@@ -131,7 +133,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"sampling L{level}  {s.sampler}, steps {list(s.steps)}, RePaint resamples "
               f"{list(s.resample)}: {cost}")
     print(f"conditioning {info['conditioning']}\ninpainting   {info['inpainting']}")
-    print(f"parameters   {info['total_params'] / 1e6:.2f}M")
+    print(f"network      {info['architecture']}, {info['total_params'] / 1e6:.2f}M parameters")
     return 0
 
 

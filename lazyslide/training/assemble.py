@@ -14,13 +14,15 @@ from ..background import BackgroundRule
 from ..conditioning import has_neighbours
 from ..errors import LazySlideError, ModelError
 from ..model import URCDM, default_config
+from ..networks import DEFAULT_ARCHITECTURE
 from ..sampler import SamplingConfig
 from .trainer import MODEL_KEYS, TrainError, run_summary
 
 
 def assemble(runs: Sequence[str | Path], out: str | Path, *, dtype: str = "float32",
              overwrite: bool = False, sampling: Mapping[str, Any] | None = None,
-             background_sat: float | None = None, background_blur: float | None = None) -> URCDM:
+             background_sat: float | None = None, background_blur: float | None = None,
+             architecture: str | None = None) -> URCDM:
     """Build a model folder from one run per (level, unet); all must share one model config.
 
     ``dtype="float16"`` halves the files (the bundled demo model); weights load back into
@@ -29,7 +31,9 @@ def assemble(runs: Sequence[str | Path], out: str | Path, *, dtype: str = "float
     ``background_sat`` overrides the background rule's saturation threshold: the paper's 0.02
     suits real glass, but a briefly trained model's generated glass can be tinted above it,
     and then no tile is ever skipped as background. ``background_blur`` sets the rule's
-    ``fill_blur`` (the parent blurred before it fills a background tile).
+    ``fill_blur`` (the parent blurred before it fills a background tile). ``architecture``
+    names the ``networks.ARCHITECTURES`` entry the model is built and run with (one with the
+    runs' parameters; the default entry is left out of the config, as models before it had it).
     """
     out = Path(out)
     if (out / "config.json").exists() and not overwrite:
@@ -103,6 +107,10 @@ def assemble(runs: Sequence[str | Path], out: str | Path, *, dtype: str = "float
         except LazySlideError as e:
             raise TrainError(f"{option}: {e}") from None
         config["background"] = rule.to_dict()
+    if architecture is not None:  # an unknown name is refused by the model's own check
+        config.pop("architecture", None)
+        if architecture != DEFAULT_ARCHITECTURE:
+            config["architecture"] = architecture
     model = URCDM(config, state, source=str(out))
     for lv, st in want:
         model.unet(lv, st)  # loads (and checks) every unet against the config
