@@ -51,7 +51,7 @@ from demo_quality import real_patches  # noqa: E402
 from lazyslide import URCDM, Slide  # noqa: E402
 from lazyslide.errors import ModelError  # noqa: E402
 from lazyslide.evaluation.features import InceptionFeatures  # noqa: E402
-from lazyslide.evaluation.fid import fid  # noqa: E402
+from lazyslide.evaluation.fid import fid, fid_bootstrap  # noqa: E402
 from lazyslide.evaluation.samples import block_tiles, ensure_many, level_patches  # noqa: E402
 from lazyslide.evaluation.seams import known_mask, seam_ratio, seam_sums  # noqa: E402
 from lazyslide.generator import TileJob, generate  # noqa: E402
@@ -198,6 +198,7 @@ def main() -> None:
                    help="tiles per network call, shared across seeds (default 1: as a slide makes them)")
     p.add_argument("--save-tiles", type=Path, help="write the rows' tiles and numbers here, no FID")
     p.add_argument("--load-tiles", type=Path, help="FID and the table for tiles --save-tiles wrote")
+    p.add_argument("--draws", type=int, default=200, help="bootstrap draws for the FID intervals")
     args = p.parse_args()
 
     made_by = {"command": " ".join(sys.argv)}
@@ -240,8 +241,16 @@ def main() -> None:
     n = {lv: min(n[lv], len(real[lv])) for lv in (1, 2)}
     extract = InceptionFeatures()
     real_feats = {lv: extract(real[lv][: n[lv]]) for lv in (1, 2)}
-    for r in results.values():
-        r["fid"] = {lv: fid(real_feats[lv], extract(np.stack(r["tiles"][lv][: n[lv]]))) for lv in (1, 2)}
+    feats = {name: {lv: extract(np.stack(r["tiles"][lv][: n[lv]])) for lv in (1, 2)}
+             for name, r in results.items()}
+    names = list(results)
+    for lv in (1, 2):  # the noise floor: bootstrap draws, the same indices in every row
+        boot = fid_bootstrap(real_feats[lv], [feats[name][lv] for name in names], args.draws)
+        for i, name in enumerate(names):
+            r = results[name]
+            r.setdefault("fid", {})[lv] = fid(real_feats[lv], feats[name][lv])
+            r.setdefault("ci", {})[lv] = np.percentile(boot[:, i], [2.5, 97.5])
+            r.setdefault("delta", {})[lv] = np.percentile(boot[:, i] - boot[:, 0], [2.5, 97.5])
 
     print("command: .venv/bin/python " + " ".join(sys.argv))
     if args.load_tiles:
@@ -264,6 +273,19 @@ def main() -> None:
             f"{v:16.0f}" if i == 0 else f"{v:16.2f}" for i, v in enumerate(vals)))
     print("\n* fewer evaluations per inpainted tile than the baseline, FID at levels 1 and 2 no "
           "worse, seam score no worse (or <= 1.2)")
+    print(f"\nFID with 95% bootstrap intervals ({args.draws} draws resampling real and generated "
+          "features, the same indices in every row) and the row's paired difference to the baseline")
+    print(f"{'':40s}{'FID L1':>24s}{'L1 - baseline':>20s}{'FID L2':>24s}{'L2 - baseline':>20s}")
+    for name in names:
+        r = results[name]
+        cells = []
+        for lv in (1, 2):
+            lo, hi = r["ci"][lv]
+            dlo, dhi = r["delta"][lv]
+            cells += [f"{r['fid'][lv]:.1f} [{lo:.1f}, {hi:.1f}]", f"[{dlo:+.1f}, {dhi:+.1f}]"]
+        print(f"{name:40s}" + "".join(f"{c:>{w}s}" for c, w in zip(cells, (24, 20, 24, 20), strict=True)))
+    print("an interval of the difference that holds 0 means the bench cannot tell the row from the "
+          "baseline at this n")
 
 
 if __name__ == "__main__":

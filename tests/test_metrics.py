@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lazyslide.evaluation.fid import fid, frechet_distance
+from lazyslide.evaluation.fid import fid, fid_bootstrap, frechet_distance
 from lazyslide.evaluation.precision_recall import knn_radii, precision_recall
 
 
@@ -45,6 +45,24 @@ def test_frechet_distance_of_diagonal_gaussians_is_analytic():
     expected = ((mu1 - mu2) ** 2).sum() + (s1 + s2 - 2 * np.sqrt(s1 * s2)).sum()
     assert frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2)) == pytest.approx(expected, rel=1e-9)
     assert fid(np.eye(5), np.eye(5)) == pytest.approx(0, abs=1e-6)
+
+
+def test_fid_bootstrap_spread_narrows_with_n_and_pairs_rows():
+    rng = np.random.default_rng(0)
+
+    def spread(n: int) -> float:
+        real, fake = rng.normal(size=(n, 8)), rng.normal(0.3, 1, size=(n, 8))
+        draws = fid_bootstrap(real, [fake], draws=60, seed=1)[:, 0]
+        lo, hi = np.percentile(draws, [2.5, 97.5])
+        return hi - lo
+
+    assert spread(400) < spread(40) / 2
+    real, fake = rng.normal(size=(50, 8)), rng.normal(0.3, 1, size=(50, 8))
+    draws = fid_bootstrap(real, [fake, fake.copy(), fake + 1], draws=30, seed=2)
+    assert draws.shape == (30, 3)
+    assert np.array_equal(draws[:, 0], draws[:, 1])  # the same indices in every row: paired
+    assert (draws[:, 2] > draws[:, 0]).all()  # a shifted row is worse in every draw
+    assert np.array_equal(draws, fid_bootstrap(real, [fake, fake.copy(), fake + 1], draws=30, seed=2))
 
 
 def test_precision_recall_known_answers():

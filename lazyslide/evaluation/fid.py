@@ -38,3 +38,23 @@ def fid(real: np.ndarray, fake: np.ndarray) -> float:
     diff = mu1 - mu2
     trace_covmean = np.linalg.svd(ca @ cb.T, compute_uv=False).sum()
     return float(diff.dot(diff) + (ca * ca).sum() + (cb * cb).sum() - 2 * trace_covmean)
+
+
+def fid_bootstrap(real: np.ndarray, fakes: list[np.ndarray], draws: int = 200,
+                  seed: int = 0) -> np.ndarray:
+    """FIDs of ``draws`` bootstrap resamples, (draws, len(fakes)): each draw resamples the real
+    features and every fake set with replacement, with the same indices for every fake set.
+
+    With tens of samples FID moves by tens between two sets of the same images; the spread of
+    these draws shows how much. Fake sets made at the same addresses (rows of one benchmark)
+    drawn with the same indices give paired differences: a row is better or worse than another
+    where the interval of its per-draw difference leaves out 0."""
+    rng = np.random.default_rng(seed)
+    real = np.asarray(real)
+    n = min(len(f) for f in fakes)
+    out = np.empty((draws, len(fakes)))
+    for d in range(draws):
+        r = real[rng.integers(0, len(real), len(real))]
+        idx = rng.integers(0, n, n)
+        out[d] = [fid(r, np.asarray(f)[:n][idx]) for f in fakes]
+    return out
