@@ -86,17 +86,19 @@ demo-model-v3: install $(DEMO_V1)/config.json
 	$(VENV)/bin/lazyslide assemble $(DEMO_FT_RUNS)/level[01]_unet* $(DEMO_FT_RUNS)/level2_unet[23] \
 		$(DEMO_TI_RUNS)/ft-level2_unet1 -o $(DEMO_FT_MODEL) $(DEMO_ASSEMBLE)
 
-# 2. The shipped model (v8; v7's weights): v3's levels 1 and 2 fine-tuned into trained inpainting, about 4
+# 2. The shipped model (v9; v7's weights, run channels-last): v3's levels 1 and 2 fine-tuned into trained inpainting, about 4
 # hours of one-thread runs (two at a time on 2 cores: about 2 hours). The shipped stage-3 runs
 # reached 1862 / 1959 steps, then 2500 with uniform crops, then the rest with crops over the
 # known pixels' edge (BOUNDARY_CROPS, which today's code uses from the start). Level 0 is v3's, sampled as v3 sampled it; levels 1 and 2
-# sample with their known-pixel channels off and blend the seams away (the model card says why).
+# sample with their known-pixel channels off and blend the seams away, and every unet runs
+# channels-last, 1.5x faster on the CPU (the model card says why).
 DEMO_TI_RUNS ?= runs/demo-ti
 DEMO_TI_STEPS ?= level1_unet1=2627 level1_unet2=1827 level1_unet3=9558 \
 	level2_unet1=2613 level2_unet2=1844 level2_unet3=9990
 DEMO_TRAINED_ASSEMBLE = --dtype float16 --background-sat $(DEMO_BACKGROUND_SAT) --background-blur 2 --overwrite \
 	--sampler ancestral --sampling-steps 16,16,16 --resample 1 --known-channels off --blend poisson \
-	--level-sampling 0=ancestral:64,32,32:2
+	--level-sampling 0=ancestral:64,32,32:2 \
+	--architecture imagen-unet-channels-last
 demo-model: demo-model-v3
 	for spec in $(DEMO_TI_STEPS); do \
 		run=$${spec%%=*}; steps=$${spec##*=}; lv=$${run#level}; lv=$${lv%%_*}; u=$${run##*unet}; \

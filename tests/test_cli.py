@@ -25,6 +25,9 @@ def test_info(tmp_path):
     info = json.loads(r.stdout)
     assert [lv["grid"] for lv in info["levels"]] == [1, 7, 46]
     assert len(info["fingerprint"]) == 16 and info["total_params"] > 0
+    assert info["architecture"] == "imagen-unet"
+    r = cli("info", "--model", "demo")  # the bundled demo model runs channels-last
+    assert r.returncode == 0 and "network      imagen-unet-channels-last" in r.stdout, r.stderr
 
 
 def test_tile_json_counts_generations_per_level(tmp_path):
