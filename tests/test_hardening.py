@@ -82,6 +82,8 @@ def test_serve_refuses_bad_max_slides_before_level_0(tmp_path):
     for value in ("-1", "0"):
         one_line_error(cli("serve", "--model", "random:test", "--max-slides", value, "--port", "8123",
                            "--cache", str(cache)), "--max-slides")
+        one_line_error(cli("serve", "--model", "random:test", "--threads", value, "--port", "8123",
+                           "--cache", str(cache)), "--threads must be >= 1")
     assert stored_tiles(cache) == 0
 
 
