@@ -166,26 +166,8 @@ class Slide:
                 self._locks.pop(tile, None)
 
     def _produce(self, tiles: list[TileId], progress: Progress | None = None) -> list[str]:
-        """Make and store independent tiles whose dependencies are stored: background tiles
-        from the parent, the others with one model call. Returns each tile's kind."""
-        jobs = [self._job(t) for t in tiles]
-        background = [j.window is not None and not self._has_tissue(j) for j in jobs]
-        diffuse = [j for j, bg in zip(jobs, background, strict=True) if not bg]
-        made = iter(())
-        if diffuse:
-            with self._model_lock:
-                made = iter(generate(self.model, diffuse, unet_level=self.method.unet_level,
-                                     evaluations=self.unet_evaluations))
-        kinds = []
-        for job, bg in zip(jobs, background, strict=True):
-            pixels = self._background_tile(job) if bg else next(made)
-            kind = "background" if bg else "generated"
-            self.store.put(self.key(job.tile), pixels)
-            (self.background if bg else self.generated)[job.tile.level] += 1
-            kinds.append(kind)
-            if progress is not None:
-                progress(job.tile, kind)
-        return kinds
+        """Make and store independent tiles whose dependencies are stored (``produce``)."""
+        return produce([(self, t) for t in tiles], progress)
 
     def _job(self, tile: TileId) -> TileJob:
         t = self.geometry.tile
@@ -235,3 +217,34 @@ class Slide:
     def _lock_for(self, tile: TileId) -> threading.Lock:
         with self._locks_guard:
             return self._locks.setdefault(tile, threading.Lock())
+
+
+def produce(items: list[tuple[Slide, TileId]], progress: Progress | None = None) -> list[str]:
+    """Make and store independent tiles of one level whose dependencies are stored, of one
+    slide or of several slides of one model and method (evaluation batches across slides):
+    background tiles from the parent, the others with one model call. Returns each tile's kind.
+    """
+    jobs = [slide._job(t) for slide, t in items]
+    background = [j.window is not None and not slide._has_tissue(j)
+                  for (slide, _), j in zip(items, jobs, strict=True)]
+    diffuse = [j for j, bg in zip(jobs, background, strict=True) if not bg]
+    first = items[0][0] if items else None
+    made, per_tile = iter(()), 0
+    if diffuse:
+        evaluations: Counter[int] = Counter()  # every tile of a call is counted alike
+        with first._model_lock:
+            made = iter(generate(first.model, diffuse, unet_level=first.method.unet_level,
+                                 evaluations=evaluations))
+        per_tile = sum(evaluations.values()) // len(diffuse)
+    kinds = []
+    for (slide, t), job, bg in zip(items, jobs, background, strict=True):
+        pixels = slide._background_tile(job) if bg else next(made)
+        kind = "background" if bg else "generated"
+        slide.store.put(slide.key(t), pixels)
+        (slide.background if bg else slide.generated)[t.level] += 1
+        if not bg:
+            slide.unet_evaluations[t.level] += per_tile
+        kinds.append(kind)
+        if progress is not None:
+            progress(t, kind)
+    return kinds

@@ -10,16 +10,15 @@ model's tile size.
 from __future__ import annotations
 
 import math
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
-from ..generator import generate
 from ..geometry import TileId
-from ..slide import Slide
+from ..slide import Slide, produce
 from ..wsi import SlideReader, TissueRule, to_hsv
 
 Progress = Callable[[int], None]
@@ -129,25 +128,7 @@ def ensure_many(slides: Sequence[Slide], targets: Sequence[Iterable[TileId]], ba
     for key in sorted(groups):  # a level's phases after the levels above: dependencies first
         items = groups[key]
         for i in range(0, len(items), batch_size):
-            _make_batch(items[i:i + batch_size])
-
-
-def _make_batch(items: list[tuple[Slide, TileId]]) -> None:
-    """Make and store tiles of one level and phase of several slides (dependencies stored)."""
-    jobs = [slide._job(t) for slide, t in items]
-    background = [j.window is not None and not s._has_tissue(j)
-                  for (s, _), j in zip(items, jobs, strict=True)]
-    diffuse = [j for j, bg in zip(jobs, background, strict=True) if not bg]
-    first = items[0][0]
-    evaluations: Counter[int] = Counter()
-    made = iter(generate(first.model, diffuse, unet_level=first.method.unet_level,
-                         evaluations=evaluations) if diffuse else ())
-    per_tile = sum(evaluations.values()) // max(len(diffuse), 1)
-    for (slide, t), job, bg in zip(items, jobs, background, strict=True):
-        slide.store.put(slide.key(t), slide._background_tile(job) if bg else next(made))
-        (slide.background if bg else slide.generated)[t.level] += 1
-        if not bg:
-            slide.unet_evaluations[t.level] += per_tile
+            produce(items[i:i + batch_size])
 
 
 def level_patches(slides: Sequence[Slide], level: int, block: int, *, tissue_only: bool = True,
