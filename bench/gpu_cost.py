@@ -54,12 +54,12 @@ def autocast(dtype: str, device: str):
 
 
 def background_share(device: str, seeds: int, batch: int) -> dict:
-    model = URCDM.from_spec("demo").to(device)
+    model = URCDM.from_spec("demo").with_sampling(batch=batch).to(device)
     g = model.geometry
     slides = [Slide(model, s, MemoryStore(), make_level0=False) for s in range(seeds)]
     t0 = time.perf_counter()
-    ensure_many(slides, [g.tiles(0) for _ in slides], batch)
-    ensure_many(slides, [g.tiles(1) for _ in slides], batch)
+    ensure_many(slides, [g.tiles(0) for _ in slides])
+    ensure_many(slides, [g.tiles(1) for _ in slides])
     level2 = 0
     for slide in slides:
         for t in g.tiles(2):

@@ -118,11 +118,12 @@ def seconds_per_tile(model: URCDM, jobs: list[TileJob]) -> float:
 def measure(model: URCDM, seeds: list[int], block: int, store, batch_size: int = 1) -> dict:
     """Tiles of the blocks (``level_patches``, as demo_quality chooses them), with cost and seam
     numbers; with ``batch_size`` > 1 made first in calls shared across seeds (``ensure_many``)."""
+    if batch_size > 1:  # a fixed batch is part of the sampling settings (its own tiles)
+        model = model.with_sampling(batch=batch_size)
     slides = [Slide(model, seed, store, make_level0=False) for seed in seeds]
     if batch_size > 1:
-        ensure_many(slides, [s.geometry.tiles(0) for s in slides], batch_size)
-        ensure_many(slides, [block_tiles(s, 1, block) + block_tiles(s, 2, block) for s in slides],
-                    batch_size)
+        ensure_many(slides, [s.geometry.tiles(0) for s in slides])
+        ensure_many(slides, [block_tiles(s, 1, block) + block_tiles(s, 2, block) for s in slides])
     tiles = {lv: level_patches(slides, lv, block) for lv in (1, 2)}
     inpainted, masks = [], []
     for slide in slides:

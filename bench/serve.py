@@ -8,14 +8,22 @@
 2. Cold: latency of one deepest-level Deep Zoom tile with the demo model (random weights) and an
    empty store but level 0.
 3. Peak RSS (VmHWM) of each server process.
+4. Zoom sessions (``--part session``): a fixed, seeded trace of viewports (home; zoom to level
+   1; pan; zoom to level 2; pan, a screen each) replayed as a browser asks for them (every visible Deep Zoom
+   tile over the viewer's WebSocket, generation on), by 1 and by 4 concurrent viewers (each on
+   a slide of its own), against ``lazyslide serve`` with 1 local worker and with a 2-worker
+   Dask LocalCluster, at batch 1 and 4, each on a fresh store: per viewport the seconds until
+   every visible tile has arrived (p50, p95 over the viewers).
 
-    .venv/bin/python bench/serve.py [--requests 10000] [--clients 32]
+    .venv/bin/python bench/serve.py [--part warm|session|all] [--requests 10000] [--clients 32]
+        [--model random:test] [--sampling-steps A,B,C] [--screen 640x480]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import socket
 import statistics
@@ -96,13 +104,15 @@ def run_openslide_server(tiff_path: str, port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, print=None)
 
 
-def run_lazyslide_server(store_dir: str, port: int, spec: str) -> None:
+def run_lazyslide_server(store_dir: str, port: int, spec: str, render: str = "0") -> None:
     from aiohttp import web
 
     from lazyslide import URCDM, TileStore
+    from lazyslide.cli.slides import SERVER_MEMORY
     from lazyslide.server import LazySlideServer
 
-    server = LazySlideServer(URCDM.from_spec(spec), TileStore(store_dir))
+    store = TileStore(store_dir, memory_bytes=SERVER_MEMORY)  # as `lazyslide serve` opens it
+    server = LazySlideServer(URCDM.from_spec(spec), store, render_processes=int(render))
     server.open_now(0)
     web.run_app(server.app(), host="127.0.0.1", port=port, print=None, handler_cancellation=True)
 
@@ -160,10 +170,155 @@ def tile_paths(n: int) -> list[str]:
     return [rng.choice(all_tiles) for _ in range(n)]
 
 
+# -- zoom sessions ------------------------------------------------------------------------------
+TRACE = ("home", "level 1", "pan", "level 2", "pan")
+
+
+def dz_levels(width: int) -> int:
+    return int(np.ceil(np.log2(width))) + 1
+
+
+def visible(width: int, level: int, cx: float, cy: float,
+            screen: tuple[int, int]) -> list[tuple[int, int]]:
+    """Deep Zoom tiles (254 px, as the server cuts them) of ``level`` that a ``screen``-sized
+    view centred at (cx, cy) (fractions of the slide) shows."""
+    size = int(np.ceil(width / 2 ** (dz_levels(width) - 1 - level)))
+    x0 = min(max(0, int(cx * size - screen[0] / 2)), max(0, size - screen[0]))
+    y0 = min(max(0, int(cy * size - screen[1] / 2)), max(0, size - screen[1]))
+    x1, y1 = min(size, x0 + screen[0]), min(size, y0 + screen[1])
+    cols, rows = range(x0 // 254, (x1 - 1) // 254 + 1), range(y0 // 254, (y1 - 1) // 254 + 1)
+    return [(c, r) for r in rows for c in cols]
+
+
+def trace(desc: dict, viewer: int, screen: tuple[int, int]) -> list[tuple[str, int, list]]:
+    """The viewer's seeded viewports: (name, Deep Zoom level, tiles). Home fits the slide on the
+    screen; "level k" is the Deep Zoom level at magnification level k's own resolution (the
+    sharpest one read from it), centred on a seeded point; a pan moves one screen."""
+    width, n = desc["width"], dz_levels(desc["width"])
+    rng = random.Random(1000 + viewer)
+    def native(k: int) -> int:  # the sharpest Deep Zoom level read from magnification level k
+        return n - 1 - int(np.ceil(np.log2(desc["levels"][k]["downsample"]) - 1e-9))
+
+    # home fits the slide on the screen, but reads no deeper than level 1 (as the viewer does)
+    home = min(native(1), max(lv for lv in range(n) if np.ceil(width / 2 ** (n - 1 - lv)) <= min(screen)))
+    out = [("home", home, visible(width, home, 0.5, 0.5, screen))]
+    for k in (1, 2):
+        level = native(k)
+        size = np.ceil(width / 2 ** (n - 1 - level))
+        cx, cy = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7)
+        out.append((f"level {k}", level, visible(width, level, cx, cy, screen)))
+        if k == 2:
+            cx += screen[0] / size
+        else:
+            cy += screen[1] / size
+        out.append(("pan", level, visible(width, level, cx, cy, screen)))
+    return out
+
+
+async def viewer_session(port: int, viewer: int, screen: tuple[int, int]) -> list[float]:
+    """One viewer: open its slide (seed = viewer), then each viewport of its trace; the seconds
+    until every visible tile has come back, per viewport (home includes opening the slide)."""
+    timeout = aiohttp.ClientTimeout(total=3600)
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{port}", timeout=timeout) as session:
+        t0 = time.perf_counter()
+        async with session.post("/api/slides", json={"seed": viewer}) as r:
+            desc = await r.json()
+        seconds = []
+        async with session.ws_connect(f"/api/slides/{desc['id']}/tiles", max_msg_size=0) as ws:
+            rid = 0
+            for _, level, tiles in trace(desc, viewer, screen):
+                pending = set()
+                for c, r in tiles:
+                    rid += 1
+                    pending.add(rid)
+                    await ws.send_json({"op": "get", "id": rid, "level": level, "col": c, "row": r})
+                while pending:
+                    msg = await ws.receive()
+                    if msg.type == aiohttp.WSMsgType.BINARY:
+                        pending.discard(int.from_bytes(msg.data[:4], "big"))
+                    else:
+                        raise RuntimeError(f"viewer {viewer}: {msg.data}")
+                seconds.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+        return seconds
+
+
+def start_cli_server(store: Path, args: argparse.Namespace, workers: int,
+                     batch: int) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    cmd = [str(Path(sys.executable).parent / "lazyslide"), "serve", "--model", args.model,
+           "--cache", str(store), "--port", str(port), "--batch-size", str(batch),
+           "--max-slides", "16", "--device", "cpu"]
+    if args.sampling_steps:
+        cmd += ["--sampling-steps", args.sampling_steps]
+    if workers:
+        cmd += ["--workers", str(workers)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("the server did not start")
+
+
+def sessions(args: argparse.Namespace, work: Path) -> None:
+    screen = tuple(int(v) for v in args.screen.split("x"))
+    rows = []
+    grid = [tuple(int(v) for v in c.split(":")) for c in args.configs.split(",")]
+    for workers, batch, viewers in grid:
+        if True:
+            if True:
+                store = work / f"session-{workers}-{batch}-{viewers}"
+                proc, port = start_cli_server(store, args, workers, batch)
+                try:
+                    t0 = time.perf_counter()
+
+                    async def run(port: int = port, viewers: int = viewers) -> list[list[float]]:
+                        return await asyncio.gather(*(viewer_session(port, v, screen)
+                                                      for v in range(viewers)))
+
+                    per_viewer = asyncio.run(run())
+                    wall = time.perf_counter() - t0
+                finally:
+                    proc.terminate()
+                    proc.wait(60)
+                name = f"{'local 1 worker' if not workers else 'Dask 2 workers'}, batch {batch}"
+                rows.append((name, viewers, per_viewer, wall))
+                print(f"{name}, {viewers} viewer(s): {wall:.0f} s", file=sys.stderr, flush=True)
+    print(f"\nzoom sessions: model {args.model}, sampling steps {args.sampling_steps or '(the model)'}, "
+          f"screen {args.screen}; seconds until every visible tile arrived, p50/p95 over viewers")
+    head = "".join(f"{name:>14}" for name in TRACE)
+    print(f"{'server':>28}{'viewers':>8}{head}{'wall s':>9}{'ratio':>7}")
+    base = {}
+    for name, viewers, per_viewer, wall in rows:
+        cells = ""
+        for i in range(len(TRACE)):
+            v = [s[i] for s in per_viewer]
+            p50, p95 = float(np.percentile(v, 50)), float(np.percentile(v, 95))
+            cells += f"{p50:>7.1f}/{p95:<6.1f}"
+        base.setdefault(viewers, wall)
+        print(f"{name:>28}{viewers:>8}{cells}{wall:>9.0f}{wall / base[viewers]:>7.2f}")
+    print("(ratio: wall time / the local 1-worker batch-1 row with as many viewers, same run)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--part", choices=["warm", "session", "all"], default="all")
     ap.add_argument("--requests", type=int, default=10_000)
     ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--model", default="random:test",
+                    help="zoom sessions' model (default random:test: small tiles, many of them, cheap)")
+    ap.add_argument("--sampling-steps", default="",
+                    help="zoom sessions' sampling steps, e.g. 2,2,2 (default: the model's)")
+    ap.add_argument("--screen", default="640x480", help="zoom sessions' viewport in pixels")
+    ap.add_argument("--configs", default="0:1:1,0:1:4,0:4:1,0:4:4,2:1:1,2:1:4,2:4:1,2:4:4",
+                    help="zoom sessions' servers, WORKERS:BATCH:VIEWERS each (0 workers: local)")
     ap.add_argument("--role", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.role:
@@ -171,16 +326,25 @@ def main() -> None:
         if role == "openslide":
             run_openslide_server(rest[0], int(port))
         else:
-            run_lazyslide_server(rest[0], int(port), rest[1])
+            run_lazyslide_server(rest[0], int(port), *rest[1:])
         return
-
+    print("command: .venv/bin/python bench/serve.py " + " ".join(sys.argv[1:]))
     work = Path(tempfile.mkdtemp(prefix="lazyslide-bench-"))
+    if args.part in ("warm", "all"):
+        warm(args, work)
+    if args.part in ("session", "all"):
+        sessions(args, work)
+
+
+def warm(args: argparse.Namespace, work: Path) -> None:
     t0 = time.perf_counter()
     warm_store(str(work / "store"), str(work / "slide.tiff"))
     print(f"prepared a warm demo-geometry store and a pyramidal TIFF in {time.perf_counter() - t0:.1f} s")
     paths = tile_paths(args.requests)
     results = {}
-    for name, role, extra in (("lazyslide", "lazyslide", [str(work / "store"), "random:demo"]),
+    render = str(max(1, (os.cpu_count() or 1) // 2))
+    for name, role, extra in (("lazyslide", "lazyslide", [str(work / "store"), "random:demo", "0"]),
+                              ("lazyslide-procs", "lazyslide", [str(work / "store"), "random:demo", render]),
                               ("openslide", "openslide", [str(work / "slide.tiff")])):
         proc, port = start(role, *extra)
         try:
@@ -196,9 +360,13 @@ def main() -> None:
     print(f"{'':>12}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}{'peak RSS MiB':>14}")
     for name, r in results.items():
         print(f"{name:>12}{r['p50']:>10.2f}{r['p99']:>10.2f}{r['rps']:>10.0f}{r['rss']:>14.0f}")
-    a, b = results["lazyslide"], results["openslide"]
-    print(f"{'ratio':>12}{a['p50'] / b['p50']:>10.2f}{a['p99'] / b['p99']:>10.2f}{a['rps'] / b['rps']:>10.2f}"
-          f"   (lazyslide / openslide; goal: p50 ratio <= 1)")
+    b = results["openslide"]
+    for name in ("lazyslide", "lazyslide-procs"):
+        a = results[name]
+        print(f"{'ratio':>12}{a['p50'] / b['p50']:>10.2f}{a['p99'] / b['p99']:>10.2f}"
+              f"{a['rps'] / b['rps']:>10.2f}   ({name} / openslide)")
+    print(f"(lazyslide renders in the server's threads, as `lazyslide serve` does by default; "
+          f"lazyslide-procs in {render} render process(es))")
 
     # cold deepest-level tile with the demo model (random weights), fresh store
     proc, port = start("lazyslide", str(work / "cold"), "random:demo")

@@ -1,10 +1,12 @@
-"""Whole-slide generation on a Dask cluster: one task per tile, its arguments its dependencies.
+"""Generation on a Dask cluster: one task per batch of tiles, its arguments their dependencies.
 
-Each task receives the pixels of the tiles it depends on (futures of other tasks, or stored
-tiles scattered once), makes its tile on a worker that keeps the model loaded, and returns the
-pixels; only the client writes the store (diskcache's SQLite must not be shared, e.g. over
-NFS). Tiles are made one per model call exactly as in a single process, so the result is
-byte-identical to it.
+Each task makes up to the model's ``sampling.batch`` tiles of one level and phase: it receives
+the pixels of the tiles they depend on (futures of other tasks, or stored tiles scattered once),
+makes them on a worker that keeps the model loaded, in network calls of exactly that batch
+(``produce``), and returns the pixels; only the client writes the store (diskcache's SQLite
+must not be shared, e.g. over NFS). So the result is byte-identical to a single process's at
+the same batch, and the tile server's generation on a cluster (``server/backends.py``) uses
+the same task.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from .errors import LazySlideError
 from .geometry import TileId
 from .materialize import LevelStats, Stats
 from .model import ModelRef
-from .slide import Slide
+from .slide import Slide, produce
 from .store import MemoryStore
 
 _MODELS: dict[str, object] = {}
@@ -49,18 +51,69 @@ def _worker_model(ref: ModelRef):
     return model
 
 
-def make_tile_task(ref: ModelRef, method: str, seed: int, tile: TileId, deps: list[TileId],
-                   *pixels: np.ndarray) -> tuple[TileId, str, np.ndarray, int]:
-    """Run on a worker: make ``tile`` from its dependencies' pixels. Returns the tile, its kind,
-    its pixels and the network evaluations it took."""
-    slide = Slide(_worker_model(ref), seed, MemoryStore(), make_level0=False, method=method)
-    # a dependency is a stored tile (array) or another task's result (tile, kind, pixels)
-    for d, p in zip(deps, pixels, strict=True):
-        slide.store.put(slide.key(TileId(*d)), p[2] if isinstance(p, tuple) else p)
-    tile = TileId(*tile)
-    kind = slide.make(tile)
-    return (tile, kind or "generated", slide.store.get(slide.key(tile)),
-            sum(slide.unet_evaluations.values()))
+Item = tuple[int, tuple[int, int, int]]  # (slide seed, tile address): picklable, no objects
+Result = tuple[int, tuple[int, int, int], str, np.ndarray]
+
+
+def make_batch_task(ref: ModelRef, method: str, items: list[Item], deps: list[Item | None],
+                    *pixels: np.ndarray | tuple[list[Result], int]) -> tuple[list[Result], int]:
+    """Run on a worker: make independent tiles of one level and phase (of one or several slides
+    of the model) from their dependencies' pixels, in the model's fixed-size network calls
+    (``produce``). ``pixels[i]`` is the stored tile ``deps[i]`` or, where ``deps[i]`` is None,
+    another batch task's result. Returns each tile's (seed, address, kind, pixels) and the
+    network evaluations the batch took."""
+    model = _worker_model(ref)
+    store = MemoryStore()  # keys hold the seed: one store serves every slide of the batch
+    slides: dict[int, Slide] = {}
+
+    def slide(seed: int) -> Slide:
+        if seed not in slides:
+            slides[seed] = Slide(model, seed, store, make_level0=False, method=method)
+        return slides[seed]
+
+    for dep, p in zip(deps, pixels, strict=True):
+        for seed, tile, _, px in ([(*dep, None, p)] if dep is not None else p[0]):
+            store.put(slide(seed).key(TileId(*tile)), px)
+    work = [(slide(seed), TileId(*tile)) for seed, tile in items]
+    kinds = produce(work)
+    results = [(s.seed, tuple(t), kind, store.get(s.key(t)))
+               for (s, t), kind in zip(work, kinds, strict=True)]
+    return results, sum(sum(s.unet_evaluations.values()) for s in slides.values())
+
+
+def submit_batch(client, ref: ModelRef, items: list[tuple[Slide, TileId]],
+                 pending: dict | None = None, scattered: dict | None = None, **kwargs):
+    """Submit ``make_batch_task`` for ``items`` (``Slide`` objects of one model and method).
+    A dependency found in ``pending`` (tile -> future of the batch that makes it) is passed as
+    that future; any other is read from its slide's store (scattered once if ``scattered`` is
+    given)."""
+    first = items[0][0]
+    deps: list[Item | None] = []
+    args: list = []
+    seen: set = set()
+    for slide, tile in items:
+        for d in slide.plan.dependencies(slide.geometry, tile):
+            key = (slide.seed, d)
+            if key in seen:
+                continue
+            seen.add(key)
+            future = (pending or {}).get(key)
+            if future is not None:
+                if any(a is future for a in args):
+                    continue
+                deps.append(None)
+                args.append(future)
+                continue
+            pixels = np.asarray(slide._stored(d))
+            if scattered is not None:
+                if key not in scattered:
+                    scattered[key] = client.scatter(pixels)
+                pixels = scattered[key]
+            deps.append((slide.seed, tuple(d)))
+            args.append(pixels)
+    work = [(slide.seed, tuple(tile)) for slide, tile in items]
+    return client.submit(make_batch_task, ref, first.method.name, work, deps, *args, pure=False,
+                         **kwargs)
 
 
 def start_cluster(workers: int):
@@ -93,36 +146,40 @@ def materialize_on(client, ref: ModelRef, slide: Slide, *, show_progress: bool =
     stats = Stats([LevelStats(lv, len(g.tiles(lv))) for lv in slide.levels])
     for st in stats.levels:
         st.stored_before = st.tiles - sum(1 for t in missing if t.level == st.level)
-    futures, scattered = {}, {}
-    for t in missing:
-        deps = plan.dependencies(g, t)
-        args = []
-        for d in deps:
-            if d in futures:
-                args.append(futures[d])
-            else:
-                if d not in scattered:
-                    scattered[d] = client.scatter(np.asarray(store.get(slide.key(d))))
-                args.append(scattered[d])
-        futures[t] = client.submit(make_tile_task, ref, slide.method.name, seed, tuple(t), deps, *args,
-                                   key=f"lazyslide-{slide.key(t).replace('/', '-')}", pure=False)
+    batch = slide.model.sampling.batch
+    futures: dict = {}  # (seed, tile) -> future of the batch making it
+    scattered: dict = {}
+    phases: dict[tuple[int, int], list[TileId]] = {}
+    for t in missing:  # in making order: a phase's tiles after the phases they depend on
+        phases.setdefault((t.level, plan.rank(g, *t)), []).append(t)
+    batches = []
+    for tiles in phases.values():
+        for i in range(0, len(tiles), batch):
+            chunk = tiles[i:i + batch]
+            fut = submit_batch(client, ref, [(slide, t) for t in chunk], futures, scattered,
+                               key=f"lazyslide-{slide.key(chunk[0]).replace('/', '-')}-x{len(chunk)}")
+            for t in chunk:
+                futures[(seed, t)] = fut
+            batches.append(fut)
     bars = [tqdm(total=st.tiles, initial=st.stored_before, desc=f"level {st.level}", unit="tile",
                  file=sys.stderr, disable=not show_progress, dynamic_ncols=True, position=st.level)
             for st in stats.levels]
-    for fut in as_completed(list(futures.values())):
-        tile, kind, pixels, evaluations = fut.result()
-        tile = TileId(*tile)
-        store.put(slide.key(tile), pixels)
-        st = stats.levels[slide.levels.index(tile.level)]
+    for fut in as_completed(batches):
+        results, evaluations = fut.result()
+        for _, tile, kind, pixels in results:
+            tile = TileId(*tile)
+            store.put(slide.key(tile), pixels)
+            st = stats.levels[slide.levels.index(tile.level)]
+            if kind == "generated":
+                st.generated += 1
+            else:
+                st.background += 1
+            bars[slide.levels.index(tile.level)].update()
         st.unet_evaluations += evaluations
-        if kind == "generated":
-            st.generated += 1
-        else:
-            st.background += 1
         bar = bars[slide.levels.index(tile.level)]
-        bar.update()
         bar.set_postfix(generated=st.generated, background=st.background)
-        del futures[tile]  # the scheduler keeps it as long as a dependent task needs it
+        for _, tile, _, _ in results:  # the scheduler keeps it while a dependent task needs it
+            futures.pop((seed, TileId(*tile)), None)
     for bar in bars:
         bar.close()
     return stats

@@ -78,7 +78,9 @@ def generate(model: URCDM, jobs: Sequence[TileJob], *, unet_level: int | None = 
 
     Each tile draws only from its own generators, so batching changes no random number; but
     the backends' kernels are not batch-invariant (on the CPU a batch may differ from single
-    calls by 1 in a few uint8 values), so ``Slide`` makes canonical tiles one per call.
+    calls by 1 in a few uint8 values), so ``slide.produce`` calls this with exactly the model's
+    ``sampling.batch`` tiles, padded: a row's result depends on the call's size, not on the
+    other rows.
     """
     if not jobs:
         return []

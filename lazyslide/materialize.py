@@ -1,9 +1,10 @@
 """Batch generation of a whole slide: every tile, level by level and phase by phase.
 
 Within a phase no two tiles overlap, so a phase's tiles are independent and go to the model
-``batch_size`` at a time. Tiles already in the store are skipped, so a killed run resumes where
-it stopped and generates nothing twice; tiles another process has claimed are left to it (the
-store's claims), so several processes on one store share the work and make each tile once.
+its ``sampling.batch`` at a time (every network call that size, padded: ``produce``). Tiles
+already in the store are skipped, so a killed run resumes where it stopped and generates
+nothing twice; tiles another process has claimed are left to it (the store's claims), so
+several processes on one store share the work and make each tile once.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .errors import LazySlideError
 from .geometry import TileId
 from .slide import Slide
 
@@ -46,12 +46,11 @@ def _batches(tiles: list[TileId], size: int) -> Iterable[list[TileId]]:
         yield tiles[i:i + size]
 
 
-def materialize(slide: Slide, *, batch_size: int = 1, show_progress: bool = True) -> Stats:
+def materialize(slide: Slide, *, show_progress: bool = True) -> Stats:
     """Generate every tile of ``slide`` not yet stored."""
     from tqdm import tqdm
 
-    if batch_size < 1:
-        raise LazySlideError(f"--batch-size must be >= 1, got {batch_size}")
+    batch_size = slide.model.sampling.batch
     g, plan = slide.geometry, slide.plan
     stats = Stats()
     for level in slide.levels:

@@ -284,9 +284,11 @@ def sample(
 
 # -- how a model samples ------------------------------------------------------------------------
 #: Settings added after the first models: at these values they are not written to a config.
-_IMPLICIT = {"sampler": "ancestral", "known_channels": True, "blend": "replace"}
-#: What a magnification level may sample differently.
-_LEVEL_FIELDS = {"steps", "resample", "threshold", *_IMPLICIT}
+_IMPLICIT = {"sampler": "ancestral", "known_channels": True, "blend": "replace", "batch": 1}
+#: What a magnification level may sample differently (the batch size is one for the model).
+_LEVEL_FIELDS = {"steps", "resample", "threshold", *_IMPLICIT} - {"batch"}
+#: Largest fixed batch a model call may be padded to.
+MAX_BATCH = 1024
 
 
 #: The optional fields after SAMPLER:STEPS:RESAMPLE in the short form: a word -> the setting
@@ -359,6 +361,11 @@ class SamplingConfig:
     #: per magnification level, the settings that differ there (e.g. level 0, one tile made
     #: once per slide, sampled with more steps than the inpainted tiles below it)
     levels: Mapping[int, Mapping[str, Any]] = field(default_factory=dict, hash=False)
+    #: tiles per network call, always: a call with fewer tiles ready is padded with throw-away
+    #: rows (``slide.produce``). The backends' kernels are not batch-invariant (a batch of 4 may
+    #: differ from single calls by 1 in a few uint8 values), so a tile's bytes depend on the
+    #: call's size, never on which tiles shared it; the fingerprint holds it unless it is 1.
+    batch: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(self.steps))
@@ -374,6 +381,9 @@ class SamplingConfig:
                 if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= most:
                     raise ModelError(f"sampling {name} must be integers >= 1 (at most {most}) per "
                                      f"cascade stage, got {v!r}")
+        b = self.batch
+        if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= MAX_BATCH:
+            raise ModelError(f"sampling batch must be an integer in 1..{MAX_BATCH}, got {b!r}")
         if self.blend not in BLENDS:
             raise ModelError(f"unknown blend {self.blend!r}; choose from {', '.join(BLENDS)}")
         if not isinstance(self.known_channels, bool):

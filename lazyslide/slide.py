@@ -121,9 +121,8 @@ class Slide:
 
         Used by batch export. Tiles that another process has claimed are left to it (see
         ``TileStore.claim``); the caller comes back for them once they are stored. Returns the
-        kind of each tile made here. The backends are not batch-invariant, so with more than one
-        tile per call the pixels may differ by 1 in a few values from tiles made one at a time;
-        the stored result is canonical either way.
+        kind of each tile made here. Network calls always hold the model's ``sampling.batch``
+        tiles (``produce``), so a tile's bytes do not depend on how many are passed here.
         """
         mine = []
         try:
@@ -222,23 +221,32 @@ class Slide:
 def produce(items: list[tuple[Slide, TileId]], progress: Progress | None = None) -> list[str]:
     """Make and store independent tiles of one level whose dependencies are stored, of one
     slide or of several slides of one model and method (evaluation batches across slides):
-    background tiles from the parent, the others with one model call. Returns each tile's kind.
+    background tiles from the parent, the others in network calls of exactly the model's
+    ``sampling.batch`` tiles, the last call padded with throw-away copies, so that a tile's
+    bytes never depend on how many tiles were ready with it. Returns each tile's kind.
     """
     jobs = [slide._job(t) for slide, t in items]
     background = [j.window is not None and not slide._has_tissue(j)
                   for (slide, _), j in zip(items, jobs, strict=True)]
     diffuse = [j for j, bg in zip(jobs, background, strict=True) if not bg]
     first = items[0][0] if items else None
-    made, per_tile = iter(()), 0
+    made: list = []
+    per_tile = 0
     if diffuse:
-        evaluations: Counter[int] = Counter()  # every tile of a call is counted alike
+        size = first.model.sampling.batch
+        evaluations: Counter[int] = Counter()  # every row of a call is counted alike
         with first._model_lock:
-            made = iter(generate(first.model, diffuse, unet_level=first.method.unet_level,
-                                 evaluations=evaluations))
-        per_tile = sum(evaluations.values()) // len(diffuse)
+            for i in range(0, len(diffuse), size):
+                call = diffuse[i:i + size]
+                padded = call + [call[-1]] * (size - len(call))
+                made += generate(first.model, padded, unet_level=first.method.unet_level,
+                                 evaluations=evaluations)[:len(call)]
+        calls = -(-len(diffuse) // size)
+        per_tile = sum(evaluations.values()) // (calls * size)  # the padding's rows not counted
+    made_iter = iter(made)
     kinds = []
     for (slide, t), job, bg in zip(items, jobs, background, strict=True):
-        pixels = slide._background_tile(job) if bg else next(made)
+        pixels = slide._background_tile(job) if bg else next(made_iter)
         kind = "background" if bg else "generated"
         slide.store.put(slide.key(t), pixels)
         (slide.background if bg else slide.generated)[t.level] += 1

@@ -67,7 +67,10 @@ class TileStore:
     """A diskcache folder of PNG tiles, with a small in-memory cache of decoded tiles."""
 
     def __init__(self, directory: str | Path | None = None, *, memory_tiles: int = 256,
-                 lease: float | None = None) -> None:
+                 memory_bytes: int | None = None, lease: float | None = None) -> None:
+        """``memory_tiles`` decoded tiles are kept in memory, or as many as fit in
+        ``memory_bytes`` if given (the server: a Deep Zoom tile of a coarser level reads up to a
+        hundred magnification tiles, and decoding each PNG again was most of its render time)."""
         self.directory = Path(directory) if directory is not None else DEFAULT_CACHE
         if self.directory.exists() and not self.directory.is_dir():
             raise StoreError(f"cannot open tile store {self.directory}: not a folder")
@@ -81,6 +84,8 @@ class TileStore:
             raise StoreError(f"cannot open tile store {self.directory}: {e}") from None
         self._memory: OrderedDict[str, np.ndarray] = OrderedDict()
         self._memory_tiles = memory_tiles
+        self._memory_bytes = memory_bytes
+        self._memory_size = 0
         self._lock = threading.Lock()
         self.lease = _default_lease() if lease is None else float(lease)
         self._owner = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex}"
@@ -187,10 +192,15 @@ class TileStore:
 
     def _remember(self, key: str, tile: np.ndarray) -> None:
         with self._lock:
+            old = self._memory.pop(key, None)
+            self._memory_size += tile.nbytes - (0 if old is None else old.nbytes)
             self._memory[key] = tile
-            self._memory.move_to_end(key)
-            while len(self._memory) > self._memory_tiles:
-                self._memory.popitem(last=False)
+            if self._memory_bytes is None:
+                while len(self._memory) > self._memory_tiles:
+                    self._memory_size -= self._memory.popitem(last=False)[1].nbytes
+            else:
+                while self._memory_size > self._memory_bytes and len(self._memory) > 1:
+                    self._memory_size -= self._memory.popitem(last=False)[1].nbytes
 
 
 class MemoryStore:

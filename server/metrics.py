@@ -21,6 +21,8 @@ class Metrics:
         self.failed = 0
         self.rejected = 0
         self.queue_depth = 0
+        self.batches = 0
+        self.batched_tiles = 0
         self._hist: Counter[float] = Counter()
         self._hist_sum = 0.0
         self._hist_count = 0
@@ -67,6 +69,10 @@ class Metrics:
                    "Requests answered 503 because the queue was full.", [("", self.rejected)])
             series("lazyslide_queue_depth", "gauge", "Generations waiting in the queue.",
                    [("", self.queue_depth)])
+            series("lazyslide_batches_total", "counter", "Batches of tiles generated together.",
+                   [("", self.batches)])
+            series("lazyslide_batched_tiles_total", "counter", "Tiles in those batches.",
+                   [("", self.batched_tiles)])
             rows = [(f'_bucket{{le="{b:g}"}}', self._hist[b]) for b in BUCKETS]
             rows += [('_bucket{le="+Inf"}', self._hist_count), ("_sum", self._hist_sum),
                      ("_count", self._hist_count)]

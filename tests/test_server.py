@@ -158,7 +158,7 @@ async def test_abandoned_queued_work_is_dropped(client, server):
     await asyncio.gather(second, return_exceptions=True)
     assert (await first).status == 200
     for _ in range(100):
-        if server.scheduler.depth == 0 and server.scheduler.running is None:
+        if server.scheduler.idle:
             break
         await asyncio.sleep(0.1)
     text = await (await client.get("/metrics")).text()

@@ -58,12 +58,14 @@ function createViewer() {
    zoom no longer needs) is cancelled on the server, which drops it if no one else waits, and
    kept here, unsent, until the view needs it again. */
 // The server makes one tile at a time per device; two keep it busy while the next is chosen.
+// A server with batches or several workers says how many keep it busy (generate_at_once).
 const GENERATING_AT_ONCE = 2;
 
 class TileSocket {
   constructor(slide, viewer) {
     this.url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/api/slides/${slide.id}/tiles`;
     this.viewer = viewer;
+    this.atOnce = Math.max(GENERATING_AT_ONCE, slide.generate_at_once || 0);
     // id -> { context, address: {level, col, row}, prefetch, state: "probing" | "waiting" | "generating" }
     this.entries = new Map();
     this.nextId = 1;
@@ -98,7 +100,8 @@ class TileSocket {
     };
   }
   send(id, entry, generate) {
-    this.ws.send(JSON.stringify({ op: "get", id, ...entry.address, generate }));
+    // prefetch (the navigator): the server serves it after every viewer's on-screen tiles
+    this.ws.send(JSON.stringify({ op: "get", id, ...entry.address, generate, prefetch: !!entry.prefetch }));
   }
   cancel(id) {
     if (this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify({ op: "cancel", id }));
@@ -175,7 +178,7 @@ class TileSocket {
       }
     }
     waiting.sort((a, b) => a[0] - b[0]);
-    waiting.slice(0, Math.max(0, GENERATING_AT_ONCE - generating)).forEach(([p, id, entry], i) => {
+    waiting.slice(0, Math.max(0, this.atOnce - generating)).forEach(([p, id, entry], i) => {
       entry.state = "generating";
       this.send(id, entry, true);
       // what was chosen, the best priority left waiting, how many were generating

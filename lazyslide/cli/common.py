@@ -40,11 +40,25 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
                         "no-channels, a blend; repeatable; replaces the model's per-level settings)")
 
 
+def add_batch_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-size", type=int,
+                        help="tiles per network call, always (fewer ready tiles are padded), so "
+                        "a tile's bytes depend on the size, never on its batch-mates: the same "
+                        "slide at the same size from serve, materialize and Dask; sizes other "
+                        "than 1 store their tiles apart (default 1 on the CPU, 4 on a GPU; see README)")
+
+
 def add_method_option(parser: argparse.ArgumentParser) -> None:
     from ..methods import METHODS
 
     parser.add_argument("--method", choices=list(METHODS), default="urcdm",
                         help="; ".join(f"{k}: {m.description}" for k, m in METHODS.items()))
+
+
+#: ``--batch-size`` where a command that takes it runs on a GPU and none is given. On one H200
+#: (bench/gpu_cost.py, 2026-11-28) the paper preset's inpainted tile took 6.02 s at batch 1 and
+#: 4.87 s per tile at batch 4; at batch 8 its 1024 px stage ran out of memory. On the CPU, 1.
+GPU_BATCH = 4
 
 
 def load_model(spec: str, device: str | None = None, sampling: argparse.Namespace | None = None):
@@ -63,6 +77,9 @@ def load_model(spec: str, device: str | None = None, sampling: argparse.Namespac
         raise LazySlideError(f"device {device!r} is not usable here: {str(e).splitlines()[0]}") from None
     model = URCDM.from_spec(spec).to(device)
     overrides = sampling_overrides(sampling, len(model.sampling.steps))
+    if sampling is not None and hasattr(sampling, "batch_size") and sampling.batch_size is None \
+            and str(device).startswith("cuda"):
+        overrides["batch"] = GPU_BATCH
     return model.with_sampling(**overrides) if overrides else model
 
 
@@ -88,6 +105,12 @@ def sampling_overrides(sampling: argparse.Namespace | None, stages: int) -> dict
         overrides["resample"] = values * stages if len(values) == 1 else values
     if sampler:
         overrides["sampler"] = sampler
+    batch = getattr(sampling, "batch_size", None)
+    if batch is not None:
+        if batch < 1:
+            raise LazySlideError(f"--batch-size must be >= 1, got {batch}")
+        if batch != 1:  # the default: left out, so the model keeps its fingerprint
+            overrides["batch"] = batch
     if getattr(sampling, "known_channels", None):
         overrides["known_channels"] = sampling.known_channels == "on"
     if getattr(sampling, "blend", None):
@@ -120,10 +143,10 @@ def seed_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be one integer in 0..{MAX_SEED}, got {text!r}") from None
 
 
-def open_store(cache: str | None):
+def open_store(cache: str | None, memory_bytes: int | None = None):
     from ..store import TileStore
 
-    return TileStore(cache)
+    return TileStore(cache, memory_bytes=memory_bytes)
 
 
 class Bar:

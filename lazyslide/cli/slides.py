@@ -14,6 +14,7 @@ from ..geometry import TileId
 from .common import (
     MODEL_HELP,
     Bar,
+    add_batch_option,
     add_method_option,
     add_sampling_options,
     default_spec,
@@ -61,6 +62,27 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     add_sampling_options(serve)
     serve.add_argument("--max-slides", type=int, default=8, help="slides open at once (default 8)")
+    add_batch_option(serve)
+    where = serve.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=0,
+                       help="generate on a local Dask cluster of this many processes (one per GPU "
+                       "where there are GPUs); the server keeps the store, caches and clients")
+    where.add_argument("--scheduler", help="generate on a running Dask cluster (tcp://host:port)")
+    serve.add_argument("--prefetch", action="store_true",
+                       help="when idle, make the neighbours of recently viewed tiles (off by default: "
+                       "on a CPU it competes with what the next view asks for)")
+    serve.add_argument("--render-processes", type=int,
+                       help="processes rendering Deep Zoom tiles (default 0: threads of the server "
+                       "process, faster on 2 cores in bench/serve.py; try half the cores on big machines)")
+    serve.add_argument("--token", default=os.environ.get("LAZYSLIDE_TOKEN"),
+                       help="secret that generation needs (header 'Authorization: Bearer T', or the "
+                       "viewer's URL with ?token=T once); required with a --host other than loopback "
+                       "(default: $LAZYSLIDE_TOKEN)")
+    serve.add_argument("--no-auth", action="store_true",
+                       help="serve a non-loopback --host without a token (anyone reaching it may "
+                       "generate)")
+    serve.add_argument("--public-warm", action="store_true",
+                       help="with --token: tiles already made are served without the token")
     serve.add_argument("--threads", type=int,
                        help="torch CPU threads for generation (default: all cores but one, at least "
                        "one: the event loop and a browser on the same machine need a core; on 2 "
@@ -76,8 +98,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                      help="; ".join(f"{k}: {e.layout}" for k, e in EXPORTERS.items()))
     mat.add_argument("--compression", choices=list(COMPRESSIONS), default="jpeg")
     mat.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
-    mat.add_argument("--batch-size", type=int, default=1,
-                     help="independent tiles per model call (default 1; see README on batching)")
+    add_batch_option(mat)
     mat.add_argument("--tiff-tile", type=int, default=256, help="TIFF tile size (default 256)")
     where = mat.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, default=0,
@@ -217,9 +238,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Decoded magnification tiles the server keeps in memory (bytes): the demo's whole deepest level
+#: fits, so a coarse Deep Zoom tile decodes each of its (up to a hundred) tiles once, not each time.
+SERVER_MEMORY = 512 << 20
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         from lazyslide.server import serve
+        from lazyslide.server.backends import DaskBackend
     except ImportError as e:
         raise LazySlideError(f"the server is not installed ({e}); run `make install`") from None
     spec = args.model or default_spec()
@@ -228,20 +255,46 @@ def cmd_serve(args: argparse.Namespace) -> int:
     threads = args.threads if args.threads is not None else max(1, (os.cpu_count() or 1) - 1)
     if threads < 1:
         raise LazySlideError(f"--threads must be >= 1, got {threads}")
+    render = args.render_processes or 0
+    if render < 0:
+        raise LazySlideError(f"--render-processes must be >= 0, got {render}")
+    if args.workers < 0:
+        raise LazySlideError(f"--workers must be positive, got {args.workers}")
     import torch
 
     torch.set_num_threads(threads)
     model = load_model(spec, args.device, args)
+    backend = None
+    if args.workers or args.scheduler:
+        backend = DaskBackend(_dask_client(args), model.reference(args.device))
     bar = Bar(f"opening slide {args.seed}")
     bar.start(len(model.geometry.tiles(0)))
     try:
-        serve(model, open_store(args.cache), seed=args.seed, host=args.host, port=args.port,
-              max_slides=args.max_slides, progress=bar, on_ready=bar.close)
+        serve(model, open_store(args.cache, SERVER_MEMORY), seed=args.seed, host=args.host, port=args.port,
+              max_slides=args.max_slides, progress=bar, on_ready=bar.close, backend=backend,
+              render_processes=render, prefetch=args.prefetch, token=args.token,
+              no_auth=args.no_auth, public_warm=args.public_warm)
     except OSError as e:
         raise LazySlideError(f"cannot serve on {args.host}:{args.port}: {e.strerror or e}") from None
     finally:
         bar.close()
+        if backend is not None:
+            backend.close()
     return 0
+
+
+def _dask_client(args: argparse.Namespace):
+    """A client of the cluster that --workers starts or --scheduler names."""
+    from ..distributed import start_cluster
+
+    try:
+        if args.scheduler:
+            from distributed import Client
+
+            return Client(args.scheduler, timeout=30)
+        return start_cluster(args.workers)
+    except OSError as e:
+        raise LazySlideError(f"cannot reach the Dask scheduler {args.scheduler}: {e}") from None
 
 
 def cmd_materialize(args: argparse.Namespace) -> int:
@@ -263,31 +316,16 @@ def cmd_materialize(args: argparse.Namespace) -> int:
                    overwrite=args.overwrite)
     for target in targets:  # every option and output checked before the first tile is made
         check_export(target, args.format, **options)
-    if args.batch_size < 1:
-        raise LazySlideError(f"--batch-size must be >= 1, got {args.batch_size}")
     model = load_model(args.model, args.device, args)
     store = open_store(args.cache)
     client = None
     if args.workers or args.scheduler:
-        if args.batch_size != 1:
-            raise LazySlideError("--batch-size is for single-process runs: on Dask each tile is a "
-                                 "task of its own")
         if not get_method(args.method).parallel:
             raise LazySlideError(f"--method {args.method} is sequential (it makes its tiles one after "
                                  "another): run it without --workers/--scheduler")
         if args.workers < 0:
             raise LazySlideError(f"--workers must be positive, got {args.workers}")
-        from ..distributed import start_cluster
-
-        try:
-            if args.scheduler:
-                from distributed import Client
-
-                client = Client(args.scheduler, timeout=30)
-            else:
-                client = start_cluster(args.workers)
-        except OSError as e:
-            raise LazySlideError(f"cannot reach the Dask scheduler {args.scheduler}: {e}") from None
+        client = _dask_client(args)
     report = []
     for seed, target in zip(seeds, targets, strict=True):
         started = time.perf_counter()
@@ -298,7 +336,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             stats = materialize_on(client, model.reference(args.device), slide,
                                    show_progress=not args.json)
         else:
-            stats = materialize(slide, batch_size=args.batch_size, show_progress=not args.json)
+            stats = materialize(slide, show_progress=not args.json)
         bar = Bar(f"writing {target.name}", enabled=not args.json)
         bar.start(tile_count(slide, args.format, args.tiff_tile))
         export(slide, target, args.format, progress=bar.step, **options)

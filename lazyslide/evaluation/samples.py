@@ -109,26 +109,21 @@ def block_tiles(slide: Slide, level: int, block: int) -> list[TileId]:
     return [TileId(level, lo[0] + i, lo[1] + j) for j in range(block) for i in range(block)]
 
 
-def ensure_many(slides: Sequence[Slide], targets: Sequence[Iterable[TileId]], batch_size: int) -> None:
+def ensure_many(slides: Sequence[Slide], targets: Sequence[Iterable[TileId]]) -> None:
     """Make what ``targets[i]`` needs on ``slides[i]`` (slides of one model and method), the
-    tiles of one level and inpainting phase of all slides in shared network calls of up to
-    ``batch_size`` tiles.
+    tiles of one level and inpainting phase of all slides in shared network calls of the
+    model's ``sampling.batch`` tiles.
 
     Evaluation draws many slides of one model, each making a few tiles per phase; on a GPU a
     call costs about the same for one tile as for tens, so batching across slides is what makes
-    large sample counts affordable there. Each tile draws its own random numbers (``generate``),
-    so only the backends' batch variance (1 in a few uint8 values) tells such tiles from tiles
-    made one per call; with ``batch_size`` 1 they are the slides' own tiles, byte for byte."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    large sample counts affordable there. Calls are padded to the fixed batch (``produce``), so
+    these are the slides' own tiles, byte for byte, whichever tiles shared a call."""
     groups: dict[tuple[int, int], list[tuple[Slide, TileId]]] = defaultdict(list)
     for slide, tiles in zip(slides, targets, strict=True):
         for t in slide.missing(tiles):
             groups[(t.level, slide.plan.rank(slide.geometry, *t))].append((slide, t))
     for key in sorted(groups):  # a level's phases after the levels above: dependencies first
-        items = groups[key]
-        for i in range(0, len(items), batch_size):
-            produce(items[i:i + batch_size])
+        produce(groups[key])
 
 
 def level_patches(slides: Sequence[Slide], level: int, block: int, *, tissue_only: bool = True,
