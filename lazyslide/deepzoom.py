@@ -5,8 +5,12 @@ Shared by the tile server and the ``dzi`` export, so both give byte-identical ti
 ``DeepZoomGenerator`` runs over ``OpenSlideView``, so level count, level sizes, tile counts and
 tile sizes are exactly openslide's for the same width and height, and each Deep Zoom level is
 read from the lowest-resolution magnification level whose resolution is at least its own
-(``get_best_level_for_downsample``). Before rendering, the server asks which magnification
-tiles a Deep Zoom tile reads, so it can have them generated off the event loop first.
+(``get_best_level_for_downsample``). The view offers that level reduced 2 and 4 times too, as a
+pyramidal TIFF would (``reduced_levels``): a coarse Deep Zoom tile reads 254 px of reduced
+pixels instead of up to 1016 px of full ones and a LANCZOS resize of them (demo geometry,
+Deep Zoom level 11, tiles in memory: 20 ms before, 1.7 ms). Before rendering, the server asks
+which magnification tiles a Deep Zoom tile reads, so it can have them generated off the event
+loop first.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png"}
 class DeepZoom:
     def __init__(self, slide: Slide, *, tile_size: int = 254, overlap: int = 1, quality: int = 90) -> None:
         self.slide = slide
-        self.view = OpenSlideView(slide)
+        self.view = OpenSlideView(slide, reduced_levels=True)
         self.dz = DeepZoomGenerator(self.view, tile_size=tile_size, overlap=overlap, limit_bounds=False)
         self.quality = quality
 
@@ -57,7 +61,7 @@ class DeepZoom:
     def magnification_level(self, level: int) -> int:
         """The URCDM level a Deep Zoom level is rendered from."""
         _, slide_level, _ = self.dz.get_tile_coordinates(level, (0, 0))
-        return self.view.level_count - 1 - slide_level
+        return self.view.source(slide_level)[0]
 
     def needed_tiles(self, level: int, col: int, row: int) -> list[TileId]:
         """Magnification tiles the Deep Zoom tile reads (those not stored must be made first)."""
@@ -66,9 +70,9 @@ class DeepZoom:
         l0_location, slide_level, l_size = self.dz.get_tile_coordinates(level, (col, row))
         ds = self.view.level_downsamples[slide_level]
         x, y = round(l0_location[0] / ds), round(l0_location[1] / ds)
-        urcdm_level = self.view.level_count - 1 - slide_level
+        urcdm_level, factor = self.view.source(slide_level)
         box = (x, y, x + l_size[0], y + l_size[1])
-        return self.slide.geometry.covering_tiles(urcdm_level, box)
+        return self.slide.geometry.covering_tiles(urcdm_level, box, factor)
 
     def render(self, level: int, col: int, row: int, fmt: str) -> bytes:
         """Encoded tile (its magnification tiles must be stored, else they are made here)."""

@@ -140,7 +140,7 @@ def materialize_on(client, ref: ModelRef, slide: Slide, *, show_progress: bool =
                              "another): run it without Dask")
     if ref.fingerprint != slide.model.fingerprint:
         raise LazySlideError("the model reference does not name the slide's model")
-    g, plan, store = slide.geometry, slide.plan, slide.store
+    g, plan = slide.geometry, slide.plan
     seed = slide.seed
     missing = slide.missing([t for lv in slide.levels for t in g.tiles(lv)])
     stats = Stats([LevelStats(lv, len(g.tiles(lv))) for lv in slide.levels])
@@ -168,7 +168,7 @@ def materialize_on(client, ref: ModelRef, slide: Slide, *, show_progress: bool =
         results, evaluations = fut.result()
         for _, tile, kind, pixels in results:
             tile = TileId(*tile)
-            store.put(slide.key(tile), pixels)
+            slide.store_made(tile, kind, pixels)
             st = stats.levels[slide.levels.index(tile.level)]
             if kind == "generated":
                 st.generated += 1

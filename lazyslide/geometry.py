@@ -128,28 +128,44 @@ class Geometry:
         x, y = col * self.stride, row * self.stride
         return (x, y, x + self.tile, y + self.tile)
 
-    def cover(self, level: int, start: int, end: int) -> list[tuple[int, int, int]]:
+    def cover(self, level: int, start: int, end: int, factor: int = 1) -> list[tuple[int, int, int]]:
         """Fewest tiles along one axis that cover canvas pixels [start, end), clipped.
 
         Returns ``(index, a, b)``: tile ``index`` provides pixels [a, b). Overlapping tiles agree
         on shared pixels, so any cover gives the same pixels; the greedy one (each time the
         tile reaching furthest) needs at most two tiles for a one-tile-wide window.
+
+        ``factor`` f > 1 (a ``reduction_valid`` one): the same in the canvas reduced f times,
+        where reduced pixel X averages canvas pixels [X f, X f + f); a tile provides the reduced
+        pixels whose blocks lie inside it (``reduced_span``), and the overlap (at least f - 1 px)
+        puts every block inside some tile.
         """
-        n, s = self.grid(level), self.stride
-        x, end = max(0, start), min(self.canvases[level], end)
+        n, s, f = self.grid(level), self.stride, factor
+        x, end = max(0, start), min(self.canvases[level] // f, end)
         out = []
         while x < end:
-            j = min(x // s, n - 1)
-            b = min(end, j * s + self.tile)
+            j = min(x * f // s, n - 1)
+            b = min(end, (j * s + self.tile) // f)
             out.append((j, x, b))
             x = b
         return out
 
-    def covering_tiles(self, level: int, box: Box) -> list[TileId]:
-        """Tiles that compose ``box`` (clipped to the canvas), row-major."""
-        cols = self.cover(level, box[0], box[2])
-        rows = self.cover(level, box[1], box[3])
+    def covering_tiles(self, level: int, box: Box, factor: int = 1) -> list[TileId]:
+        """Tiles that compose ``box`` (clipped to the canvas, reduced ``factor`` times), row-major."""
+        cols = self.cover(level, box[0], box[2], factor)
+        rows = self.cover(level, box[1], box[3], factor)
         return [TileId(level, c, r) for r, _, _ in rows for c, _, _ in cols]
+
+    def reduction_valid(self, level: int, factor: int) -> bool:
+        """Whether ``level``'s canvas can be read reduced ``factor`` times from reduced tiles:
+        whole blocks (the canvas a multiple of it), each inside one tile (overlap >= f - 1)."""
+        return (isinstance(factor, int) and factor >= 1 and factor - 1 <= self.overlap
+                and self.canvases[self._level(level)] % factor == 0)
+
+    def reduced_span(self, index: int, factor: int) -> tuple[int, int]:
+        """Reduced pixels [lo, hi) along one axis whose f x f blocks lie inside tile ``index``."""
+        x0 = index * self.stride
+        return -(-x0 // factor), (x0 + self.tile) // factor
 
     # -- conditioning ----------------------------------------------------------------------------
     def parent_footprint(self, level: int, col: int, row: int) -> tuple[Fraction, ...]:

@@ -21,14 +21,26 @@ class OpenSlideView:
     """``level_count``, ``dimensions``, ``level_dimensions``, ``level_downsamples``,
     ``properties``, ``read_region``, ``get_best_level_for_downsample``, ``get_thumbnail``."""
 
-    def __init__(self, slide: Slide) -> None:
+    def __init__(self, slide: Slide, *, reduced_levels: bool = False) -> None:
+        """``reduced_levels``: between the magnification levels, levels reduced 2, 4, ... times
+        (``Slide.read_region(factor=)``), as a pyramidal TIFF has, down to no lower than the
+        next magnification level, so a reader picks the same magnification level as without
+        them but reads f^2 times fewer pixels (the Deep Zoom server's coarse levels)."""
         self.slide = slide
         g = slide.geometry
-        # URCDM level of each OpenSlide level (outpainting makes only the deepest one)
-        self._levels = tuple(reversed(slide.levels))
-        self._canvases = tuple(g.canvases[k] for k in self._levels)
+        levels = list(reversed(slide.levels))  # outpainting makes only the deepest one
+        #: (URCDM level, reduction factor) of each OpenSlide level, highest resolution first
+        self._sources: list[tuple[int, int]] = []
+        for i, k in enumerate(levels):
+            self._sources.append((k, 1))
+            coarser = g.canvases[levels[i + 1]] if i + 1 < len(levels) else 0
+            f = 2
+            while reduced_levels and g.reduction_valid(k, f) and g.canvases[k] // f > coarser:
+                self._sources.append((k, f))
+                f *= 2
+        self._canvases = tuple(g.canvases[k] // f for k, f in self._sources)
         full = self._canvases[0]
-        self.level_count = len(self._levels)
+        self.level_count = len(self._sources)
         self.level_dimensions = tuple((c, c) for c in self._canvases)
         self.dimensions = self.level_dimensions[0]
         self.level_downsamples = tuple(full / c for c in self._canvases)
@@ -68,16 +80,21 @@ class OpenSlideView:
         out = np.zeros((h, w, 4), np.uint8)
         ix0, iy0, ix1, iy1 = max(x, 0), max(y, 0), min(x + w, canvas), min(y + h, canvas)
         if ix0 < ix1 and iy0 < iy1:
-            rgb = self.slide.read_region(self._levels[level], ix0, iy0, ix1 - ix0, iy1 - iy0)
+            k, f = self._sources[level]
+            rgb = self.slide.read_region(k, ix0, iy0, ix1 - ix0, iy1 - iy0, factor=f)
             out[iy0 - y:iy1 - y, ix0 - x:ix1 - x, :3] = rgb
             out[iy0 - y:iy1 - y, ix0 - x:ix1 - x, 3] = 255
         return Image.fromarray(out, "RGBA")
 
+    def source(self, level: int) -> tuple[int, int]:
+        """The URCDM level an OpenSlide level shows and how many times it is reduced."""
+        return self._sources[level]
+
     def get_thumbnail(self, size: tuple[int, int]) -> Image.Image:
         """RGB thumbnail fitting in ``size``, from the lowest-resolution level (always made)."""
-        level = self.level_count - 1
-        c = self._canvases[level]
-        img = Image.fromarray(self.slide.read_region(self._levels[level], 0, 0, c, c))
+        k, f = self._sources[-1]
+        c = self._canvases[-1]
+        img = Image.fromarray(self.slide.read_region(k, 0, 0, c, c, factor=f))
         img.thumbnail(size, Image.Resampling.LANCZOS)
         return img
 

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
+from PIL import Image
 
 from .background import has_tissue
 from .errors import LazySlideError
@@ -71,9 +73,16 @@ class Slide:
         self.ensure([tile], progress=progress)
         return self._stored(tile)
 
-    def read_region(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-        """uint8 RGB (h, w, 3) of ``level``'s canvas at (x, y); outside is background grey."""
-        for name, v in (("x", x), ("y", y), ("w", w), ("h", h)):
+    def read_region(self, level: int, x: int, y: int, w: int, h: int, *,
+                    factor: int = 1) -> np.ndarray:
+        """uint8 RGB (h, w, 3) of ``level``'s canvas at (x, y); outside is background grey.
+
+        ``factor`` f > 1: the canvas reduced f times (each pixel the mean of an f x f block, x
+        and y in reduced pixels), read from reduced copies of the tiles kept beside them in the
+        store's memory, as a pyramidal TIFF's lower levels: a coarse Deep Zoom level reads a
+        few reduced pixels instead of f^2 times as many full ones.
+        """
+        for name, v in (("x", x), ("y", y), ("w", w), ("h", h), ("factor", factor)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
                 raise LazySlideError(f"{name} must be an integer, got {v!r}")
         self.geometry.check_tile(level, 0, 0)
@@ -81,9 +90,12 @@ class Slide:
         if w <= 0 or h <= 0 or w * h > MAX_REGION_PIXELS:
             raise LazySlideError(f"region size must be positive and at most {MAX_REGION_PIXELS} "
                                  f"pixels, got {w}x{h}")
+        if not self.geometry.reduction_valid(level, int(factor)):
+            raise LazySlideError(f"level {level} cannot be read reduced {factor} times (the "
+                                 f"factor must divide the canvas and be at most overlap + 1)")
         box = (int(x), int(y), int(x) + int(w), int(y) + int(h))
-        self.ensure(self.geometry.covering_tiles(level, box))
-        return self._compose(level, box)
+        self.ensure(self.geometry.covering_tiles(level, box, int(factor)))
+        return self._compose(level, box, int(factor))
 
     def missing(self, tiles: Iterable[TileId]) -> list[TileId]:
         """Tiles that must be made for ``tiles`` to exist, in a valid making order."""
@@ -103,6 +115,16 @@ class Slide:
             kind = self.make(t)
             if progress is not None and kind:
                 progress(t, kind)
+
+    def store_made(self, tile: TileId, kind: str, pixels: np.ndarray, evaluations: int = 0) -> None:
+        """Store a tile made from this slide's model (here, or by a Dask task) and count it:
+        ``kind`` "generated" (``evaluations`` network evaluations) or "background"."""
+        self.store.put(self.key(tile), pixels)
+        if kind == "generated":
+            self.generated[tile.level] += 1
+            self.unet_evaluations[tile.level] += evaluations
+        else:
+            self.background[tile.level] += 1
 
     def is_stored(self, level: int, col: int, row: int) -> bool:
         return self.key(TileId(level, col, row)) in self.store
@@ -124,19 +146,8 @@ class Slide:
         kind of each tile made here. Network calls always hold the model's ``sampling.batch``
         tiles (``produce``), so a tile's bytes do not depend on how many are passed here.
         """
-        mine = []
-        try:
-            for t in tiles:
-                key = self.key(t)
-                if key not in self.store and self.store.claim(key):
-                    if key in self.store:  # stored between the check and the claim
-                        self.store.release(key)
-                    else:
-                        mine.append(t)
-            return self._produce(mine, progress) if mine else []
-        finally:
-            for t in mine:
-                self.store.release(self.key(t))
+        with claimed([(self, t) for t in tiles]) as (mine, _):
+            return self._produce([t for _, t in mine], progress) if mine else []
 
     # -- making one tile -------------------------------------------------------------------------
     def make(self, tile: TileId) -> str | None:
@@ -201,17 +212,35 @@ class Slide:
             raise LazySlideError(f"tile {tuple(tile)} is not in the store (was it deleted?)")
         return pixels
 
-    def _compose(self, level: int, box: Box) -> np.ndarray:
-        """Canvas pixels of ``box`` from stored tiles; outside the canvas, background grey."""
+    def _compose(self, level: int, box: Box, factor: int = 1) -> np.ndarray:
+        """Canvas pixels of ``box`` from stored tiles (reduced ``factor`` times); outside the
+        canvas, background grey."""
         x0, y0, x1, y1 = box
         out = np.full((y1 - y0, x1 - x0, 3), BACKGROUND_FILL, np.uint8)
-        g, s = self.geometry, self.geometry.stride
-        for row, ya, yb in g.cover(level, y0, y1):
-            for col, xa, xb in g.cover(level, x0, x1):
-                tile = self._stored(TileId(level, col, row))
-                out[ya - y0:yb - y0, xa - x0:xb - x0] = \
-                    tile[ya - row * s:yb - row * s, xa - col * s:xb - col * s]
+        g = self.geometry
+        for row, ya, yb in g.cover(level, y0, y1, factor):
+            oy = g.reduced_span(row, factor)[0]
+            for col, xa, xb in g.cover(level, x0, x1, factor):
+                tile = TileId(level, col, row)
+                pixels = self._stored(tile) if factor == 1 else self._reduced(tile, factor)
+                ox = g.reduced_span(col, factor)[0]
+                out[ya - y0:yb - y0, xa - x0:xb - x0] = pixels[ya - oy:yb - oy, xa - ox:xb - ox]
         return out
+
+    def _reduced(self, tile: TileId, factor: int) -> np.ndarray:
+        """The tile's blocks reduced ``factor`` times (its reduced pixels ``reduced_span``)."""
+        g = self.geometry
+        (cx, cx1), (ry, ry1) = g.reduced_span(tile.col, factor), g.reduced_span(tile.row, factor)
+        ox, oy = cx * factor - tile.col * g.stride, ry * factor - tile.row * g.stride
+
+        def reduce(pixels: np.ndarray) -> np.ndarray:
+            box = (ox, oy, ox + (cx1 - cx) * factor, oy + (ry1 - ry) * factor)
+            return np.asarray(Image.fromarray(pixels).reduce(factor, box=box))
+
+        pixels = self.store.derived(self.key(tile), f"reduced{factor}", reduce)
+        if pixels is None:
+            raise LazySlideError(f"tile {tuple(tile)} is not in the store (was it deleted?)")
+        return pixels
 
     def _lock_for(self, tile: TileId) -> threading.Lock:
         with self._locks_guard:
@@ -248,11 +277,31 @@ def produce(items: list[tuple[Slide, TileId]], progress: Progress | None = None)
     for (slide, t), job, bg in zip(items, jobs, background, strict=True):
         pixels = slide._background_tile(job) if bg else next(made_iter)
         kind = "background" if bg else "generated"
-        slide.store.put(slide.key(t), pixels)
-        (slide.background if bg else slide.generated)[t.level] += 1
-        if not bg:
-            slide.unet_evaluations[t.level] += per_tile
+        slide.store_made(t, kind, pixels, 0 if bg else per_tile)
         kinds.append(kind)
         if progress is not None:
             progress(t, kind)
     return kinds
+
+
+@contextmanager
+def claimed(items: list[tuple[Slide, TileId]]) -> Iterator[tuple[list, list]]:
+    """Claim in the store the items not stored yet: yields ``(mine, others)``, the items this
+    caller now makes and those another holder is making (``TileStore.claim``); stored items are
+    in neither. ``mine`` are released on exit, made or not."""
+    mine, others = [], []
+    try:
+        for slide, t in items:
+            key = slide.key(t)
+            if key in slide.store:
+                continue
+            if not slide.store.claim(key):
+                others.append((slide, t))
+            elif key in slide.store:  # stored between the check and the claim
+                slide.store.release(key)
+            else:
+                mine.append((slide, t))
+        yield mine, others
+    finally:
+        for slide, t in mine:
+            slide.store.release(slide.key(t))

@@ -26,6 +26,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import diskcache
@@ -69,8 +70,9 @@ class TileStore:
     def __init__(self, directory: str | Path | None = None, *, memory_tiles: int = 256,
                  memory_bytes: int | None = None, lease: float | None = None) -> None:
         """``memory_tiles`` decoded tiles are kept in memory, or as many as fit in
-        ``memory_bytes`` if given (the server: a Deep Zoom tile of a coarser level reads up to a
-        hundred magnification tiles, and decoding each PNG again was most of its render time)."""
+        ``memory_bytes`` if given (the server: a coarse Deep Zoom tile reads up to a hundred
+        magnification tiles, and decoding each PNG again was most of its render time). Derived
+        arrays (``derived``: the reduced copies) share the same memory."""
         self.directory = Path(directory) if directory is not None else DEFAULT_CACHE
         if self.directory.exists() and not self.directory.is_dir():
             raise StoreError(f"cannot open tile store {self.directory}: not a folder")
@@ -93,17 +95,24 @@ class TileStore:
         self._renewer: threading.Thread | None = None
 
     def get(self, key: str) -> np.ndarray | None:
+        def load() -> np.ndarray | None:
+            data = self._cache.get(key)
+            return None if data is None else decode_png(data)
+
+        return self._memoized(key, load)
+
+    def _memoized(self, key: str, load: Callable[[], np.ndarray | None]) -> np.ndarray | None:
+        """``key``'s array from the decoded-tile memory, else ``load()``'s (kept, read-only)."""
         with self._lock:
             if key in self._memory:
                 self._memory.move_to_end(key)
                 return self._memory[key]
-        data = self._cache.get(key)
-        if data is None:
+        value = load()
+        if value is None:
             return None
-        tile = decode_png(data)
-        tile.flags.writeable = False
-        self._remember(key, tile)
-        return tile
+        value.flags.writeable = False
+        self._remember(key, value)
+        return value
 
     def __contains__(self, key: str) -> bool:
         with self._lock:
@@ -124,6 +133,15 @@ class TileStore:
 
     def __len__(self) -> int:
         return len(self._cache)
+
+    def derived(self, key: str, name: str, make: Callable[[np.ndarray], np.ndarray]) -> np.ndarray | None:
+        """``make(tile)`` of a stored tile, kept in the decoded-tile memory beside it (the reduced
+        copies that coarse Deep Zoom levels read, as a TIFF's pyramid levels); None if absent."""
+        def load() -> np.ndarray | None:
+            tile = self.get(key)
+            return None if tile is None else make(tile)
+
+        return self._memoized(f"{key}\0{name}", load)
 
     def close(self) -> None:
         with self._lock:
@@ -223,6 +241,10 @@ class MemoryStore:
 
     def __len__(self) -> int:
         return len(self._tiles)
+
+    def derived(self, key: str, name: str, make: Callable[[np.ndarray], np.ndarray]) -> np.ndarray | None:
+        tile = self._tiles.get(key)
+        return None if tile is None else make(tile)
 
     # one process owns a memory store: every claim succeeds
     def claim(self, key: str) -> bool:

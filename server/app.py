@@ -28,7 +28,7 @@ from lazyslide.seeds import MAX_SEED
 from .backends import Backend, LocalBackend
 from .cache import EncodedCache
 from .metrics import Metrics
-from .render import MISSING, Renderer, SlideRef
+from .render import Renderer, SlideRef
 from .scheduler import IDLE, PREFETCH, VISIBLE, Dropped, QueueFull, Scheduler
 
 VIEWER_DIR = Path(__file__).resolve().parent.parent / "viewer"
@@ -369,15 +369,13 @@ async def tile_bytes(s: LazySlideServer, entry: OpenedSlide, level: int, col: in
         s.metrics.count("cache_hits")
         return data
     data = await _render(s, entry, level, col, row, fmt)
-    if data is MISSING:
+    if isinstance(data, list):  # the magnification tiles to make first
         if not generate:
             raise web.HTTPAccepted(text="not generated yet")
-        needed = entry.dz.needed_tiles(level, col, row)
-        missing = await asyncio.get_running_loop().run_in_executor(None, entry.slide.missing, needed)
         if cls == VISIBLE and s.prefetch:
-            s.viewed.extend((entry.id, t) for t in needed)
+            s.viewed.extend((entry.id, t) for t in entry.dz.needed_tiles(level, col, row))
         try:
-            await s.scheduler.make(entry.id, entry.slide, missing, client=client, cls=cls)
+            await s.scheduler.make(entry.id, entry.slide, data, client=client, cls=cls)
         except QueueFull as e:
             s.metrics.count("rejected")
             raise _busy(str(e)) from None
@@ -386,14 +384,14 @@ async def tile_bytes(s: LazySlideServer, entry: OpenedSlide, level: int, col: in
         except Exception as e:  # a generation failure: say so, keep serving
             raise web.HTTPServiceUnavailable(text=f"tile generation failed: {e}") from None
         data = await _render(s, entry, level, col, row, fmt)
-        if data is MISSING:  # deleted from the store meanwhile
+        if isinstance(data, list):  # deleted from the store meanwhile
             raise _busy("the tile's magnification tiles went missing")
     s.cache.put(key, data)
     return data
 
 
 async def _render(s: LazySlideServer, entry: OpenedSlide, level: int, col: int, row: int,
-                  fmt: str) -> bytes | None:
+                  fmt: str) -> bytes | list[TileId]:
     try:
         return await s.renderer.render(entry.dz, entry.ref, level, col, row, fmt)
     except Exception as e:  # e.g. a render process died: this tile fails, the server stays up

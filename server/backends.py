@@ -55,12 +55,7 @@ class DaskBackend:
         results, evaluations = submit_batch(self.client, self.ref, items, retries=self.retries).result()
         per_tile = evaluations // max(1, sum(kind == "generated" for *_, kind, _ in results))
         for (slide, tile), (_, _, kind, pixels) in zip(items, results, strict=True):
-            slide.store.put(slide.key(tile), pixels)
-            if kind == "generated":
-                slide.generated[tile.level] += 1
-                slide.unet_evaluations[tile.level] += per_tile
-            else:
-                slide.background[tile.level] += 1
+            slide.store_made(tile, kind, pixels, per_tile)
             progress(tile, kind)
 
     def close(self) -> None:

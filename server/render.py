@@ -1,13 +1,14 @@
 """Deep Zoom tiles rendered off the event loop: in the loop's thread pool, or in processes.
 
-A first render reads a Deep Zoom tile's magnification tiles, composes and resizes them and
-encodes a JPEG; a coarse level's tile reads up to a hundred of them (demo geometry: level 11,
-38 ms with the tiles decoded in memory). In threads that work shares the server's GIL; in
-worker processes (``--render-processes N``) it has its own. On the 2-core machine threads were
-faster (bench/serve.py: warm p99 175-185 ms in threads, 253-284 ms with one render process), so
-they are the default. A worker process reads the store on disk (diskcache is safe across
+A first render reads a Deep Zoom tile's magnification tiles (reduced ones for coarse levels,
+``OpenSlideView(reduced_levels=True)``), decoding each PNG the first time, composes them and
+encodes a JPEG (1-3 ms with the tiles in memory). In threads that work shares the server's
+GIL; in worker processes (``--render-processes N``) it has its own. On the 2-core machine
+neither was faster (bench/serve.py, first pass p99: 130-190 ms with one render process,
+170-215 ms in threads, from run to run), so threads, which share the generator's decoded
+tiles, are the default. A worker process reads the store on disk (diskcache is safe across
 processes) through a model built from the config alone: it reads tiles, never generates (no
-weights are loaded); a tile not yet stored is reported, not made.
+weights are loaded); tiles not yet stored are reported, not made.
 """
 
 from __future__ import annotations
@@ -18,12 +19,9 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-from lazyslide import URCDM, Slide, TileStore
+from lazyslide import URCDM, Slide, TileId, TileStore
 from lazyslide.deepzoom import DeepZoom
 from lazyslide.model import ModelRef
-
-#: A Deep Zoom tile's magnification tiles are not all stored yet.
-MISSING = None
 
 
 @dataclass(frozen=True)
@@ -61,14 +59,14 @@ def _deep_zoom(ref: SlideRef) -> DeepZoom:
     return dz
 
 
-def render_if_stored(dz: DeepZoom, level: int, col: int, row: int, fmt: str) -> bytes | None:
-    """The encoded tile, or ``MISSING`` if a magnification tile it reads is not stored."""
-    if dz.slide.missing(dz.needed_tiles(level, col, row)):
-        return MISSING
-    return dz.render(level, col, row, fmt)
+def render_if_stored(dz: DeepZoom, level: int, col: int, row: int, fmt: str) -> bytes | list[TileId]:
+    """The encoded tile, or the magnification tiles to make first (``Slide.missing``: those it
+    reads that are not stored, with what they need, in making order)."""
+    missing = dz.slide.missing(dz.needed_tiles(level, col, row))
+    return missing if missing else dz.render(level, col, row, fmt)
 
 
-def _render_in_process(ref: SlideRef, level: int, col: int, row: int, fmt: str) -> bytes | None:
+def _render_in_process(ref: SlideRef, level: int, col: int, row: int, fmt: str) -> bytes | list[TileId]:
     return render_if_stored(_deep_zoom(ref), level, col, row, fmt)
 
 
@@ -84,7 +82,7 @@ class Renderer:
             self._pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
 
     async def render(self, dz: DeepZoom, ref: SlideRef | None, level: int, col: int, row: int,
-                     fmt: str) -> bytes | None:
+                     fmt: str) -> bytes | list[TileId]:
         loop = asyncio.get_running_loop()
         if self._pool is not None and ref is not None:
             return await loop.run_in_executor(self._pool, _render_in_process, ref, level, col, row, fmt)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lazyslide import Slide, TileId
+from lazyslide.slide import claimed
 
 from .backends import Backend
 
@@ -66,7 +67,8 @@ class Job:
     requesters: dict[int, Claim] = field(default_factory=dict)
     state: str = "queued"
     future_error: BaseException | None = None
-    #: the tiles it depends on and its batching group, computed once (the scheduler looks at
+    #: the tiles it depends on and its batching group (jobs that may share a network call: one
+    #: model, method, level and phase), computed once (the scheduler looks at
     #: every queued job for each batch it chooses)
     deps: list[TileId] = field(default_factory=list)
     key: tuple = ()
@@ -80,10 +82,6 @@ class Job:
     def rank(self, client: str | None = None) -> tuple[int, int, int]:
         ranks = [c.rank() for c in self.requesters.values() if client is None or c.client == client]
         return min(ranks) if ranks else (IDLE + 1, 0, 0)
-
-    def group(self) -> tuple:
-        """Jobs that may share a network call: one model, method, level and phase."""
-        return self.key
 
 
 class Scheduler:
@@ -222,8 +220,7 @@ class Scheduler:
             self._rotation.append(client)
         lead = min((j for j in ready if j.rank(client)[0] == cls), key=lambda j: j.rank(client))
         size = lead.slide.model.sampling.batch
-        group = lead.group()
-        mates = sorted((j for j in ready if j is not lead and j.group() == group),
+        mates = sorted((j for j in ready if j is not lead and j.key == lead.key),
                        key=lambda j: (j.rank(client), j.rank()))
         return [lead, *mates[:size - 1]]
 
@@ -260,25 +257,20 @@ class Scheduler:
         error: BaseException | None = None
         # stored meanwhile (by a request that listed it before it was stored), or being made by
         # another process sharing the store (its claim): nothing to make here
-        claimed, others = [], []
-        for job in batch:
-            key = job.slide.key(job.tile)
-            if key in job.slide.store:
-                continue
-            (claimed if job.slide.store.claim(key) else others).append(job)
+        by_item = {(id(j.slide), j.tile): j for j in batch}
+        mine: list = []
+        others: list = []
         try:
-            if claimed:
-                self.backend.run([(j.slide, j.tile) for j in claimed],
-                                 lambda tile, kind: kinds.__setitem__(tile, kind))
+            with claimed([(j.slide, j.tile) for j in batch]) as (mine, others):
+                if mine:
+                    self.backend.run(mine, lambda tile, kind: kinds.__setitem__(tile, kind))
         except Exception as e:  # reported to the requesters and as an event
             error = e
-        finally:
-            for job in claimed:
-                job.slide.store.release(job.slide.key(job.tile))
-        for job in others:
-            job.slide.wait_for(job.tile)
-        seconds = (time.perf_counter() - started) / max(1, len(claimed))  # a batch's tiles share it
-        for job in claimed:
+        made = [by_item[id(s), t] for s, t in mine]
+        for slide, tile in others:
+            slide.wait_for(tile)
+        seconds = (time.perf_counter() - started) / max(1, len(made))  # a batch's tiles share it
+        for job in made:
             kind = kinds.get(job.tile)
             if kind == "generated":
                 avg = self.seconds_per_tile.get(job.tile.level)
@@ -287,9 +279,9 @@ class Scheduler:
                 self._on_made(job.tile, kind, seconds)
         with self._cv:
             self.running.remove(batch)
-            if claimed:
+            if made:
                 self.batches += 1
-                self.batched_tiles += len(claimed)
+                self.batched_tiles += len(made)
             failed = []
             for job in batch:
                 ok = job.slide.is_stored(*job.tile)

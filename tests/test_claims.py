@@ -11,6 +11,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 from lazyslide import Slide, TileStore
 
 CLAIM_AND_DIE = """
@@ -109,3 +111,23 @@ def test_a_process_killed_while_holding_claims_does_not_block_the_other(small_mo
                          capture_output=True, text=True, timeout=600)
     assert ref.returncode == 0, ref.stderr
     assert (tmp_path / "s.tiff").read_bytes() == (tmp_path / "ref.tiff").read_bytes()
+
+
+def test_claimed_leaves_stored_tiles_and_others_claims_and_releases_its_own(small_model, tmp_path):
+    import numpy as np
+
+    from lazyslide import TileId
+    from lazyslide.slide import claimed
+
+    a, b = TileStore(tmp_path, lease=5), TileStore(tmp_path, lease=5)
+    slide = Slide(small_model, 0, a, make_level0=False)
+    stored, theirs, free = TileId(1, 0, 0), TileId(1, 1, 0), TileId(1, 2, 0)
+    a.put(slide.key(stored), np.zeros((32, 32, 3), np.uint8))
+    assert b.claim(slide.key(theirs))
+    with claimed([(slide, t) for t in (stored, theirs, free)]) as (mine, others):
+        assert mine == [(slide, free)] and others == [(slide, theirs)]
+        assert not b.claim(slide.key(free))  # held while the caller makes it
+    assert b.claim(slide.key(free))  # released on exit, made or not
+    with pytest.raises(RuntimeError), claimed([(slide, TileId(1, 0, 1))]) as (mine, _):
+        raise RuntimeError("making failed")
+    assert b.claim(slide.key(TileId(1, 0, 1)))

@@ -73,7 +73,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                        "on a CPU it competes with what the next view asks for)")
     serve.add_argument("--render-processes", type=int,
                        help="processes rendering Deep Zoom tiles (default 0: threads of the server "
-                       "process, faster on 2 cores in bench/serve.py; try half the cores on big machines)")
+                       "process, which share the generator's decoded tiles; on 2 cores neither was faster in "
+                       "bench/serve.py; try half the cores on big machines)")
     serve.add_argument("--token", default=os.environ.get("LAZYSLIDE_TOKEN"),
                        help="secret that generation needs (header 'Authorization: Bearer T', or the "
                        "viewer's URL with ?token=T once); required with a --host other than loopback "
