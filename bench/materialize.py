@@ -69,12 +69,14 @@ class SyntheticSlide:
 
     def __init__(self, geometry) -> None:
         self.geometry = geometry
+        self.levels = list(range(geometry.levels))
         self.seed = 0
         self.model = type("M", (), {"fingerprint": "synthetic"})()
         rng = np.random.default_rng(0)
         self._pattern = rng.integers(90, 230, (512, 512, 3), dtype=np.uint8)
 
-    def read_region(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+    def read_region(self, level: int, x: int, y: int, w: int, h: int, *, factor: int = 1) -> np.ndarray:
+        # reduced pages (factor > 1): the pattern sampled, not averaged (the writer is measured)
         xs, ys = (x + np.arange(w)) % 512, (y + np.arange(h)) % 512
         return self._pattern[np.ix_(ys, xs)]
 

@@ -10,10 +10,10 @@ Formats:
 - ``dzi``: a Deep Zoom folder whose descriptor and tiles are byte-identical to the server's.
 
 Every file is written under a temporary name and renamed when complete, so a partial file never
-looks finished. Reduced levels halve the one below: each full-resolution tile's 2x2-averaged
-half goes to a scratch file (tile-major), from which the next level's tiles are read back.
-Temporary names derive from the output's name (``.NAME.partial``, ``.NAME.scratch/``), so a run
-killed mid-export leaves nothing that the next run of the same output does not remove.
+looks finished. The pages are the levels the viewer shows (``Pyramid``): each magnification
+level at its own resolution and reduced 2, 4, ... times, read from reduced copies of the tiles.
+Temporary names derive from the output's name (``.NAME.partial``), so a run killed mid-export
+leaves nothing that the next run of the same output does not remove.
 ``check_export`` validates every option and the output location before anything is generated.
 """
 
@@ -35,7 +35,7 @@ from PIL import Image
 
 from .deepzoom import DeepZoom
 from .errors import LazySlideError
-from .geometry import BACKGROUND_FILL
+from .openslide_view import OpenSlideView
 from .slide import Slide
 
 COMPRESSIONS = ("jpeg", "deflate")
@@ -120,56 +120,58 @@ def ome_uuid(slide: Slide, fmt: str, compression: str, quality: int, tile: int) 
 
 
 class Pyramid:
-    """Power-of-two levels of the slide's full-resolution canvas, as row-major tile streams."""
+    """A TIFF's pages, each read from the store's tiles (reduced copies for reduced pages), as
+    row-major tile streams.
 
-    def __init__(self, slide: Slide, tile: int, scratch: Path) -> None:
-        self.slide, self.tile, self.scratch = slide, tile, scratch
-        sizes = [slide.geometry.canvases[-1]]
-        while sizes[-1] > tile:
-            sizes.append((sizes[-1] + 1) // 2)
-        self.sizes = sizes
+    ``native_levels`` (``svs``, ``ome-tiff``): the levels of the view the Deep Zoom server reads
+    (``OpenSlideView(reduced_levels=True)``): every magnification level at its own resolution,
+    each reduced 2, 4, ... times down to the next one, so a reader shows at every scale what the
+    viewer shows there (the level generated for that scale, not the deepest one shrunk), and
+    ``evaluate --samples`` on the file reads the engine's own pixels. Otherwise (plain ``tiff``):
+    the deepest level halved while the overlap allows (down to canvas / (overlap + 1)), because
+    tifffile, and with it tiffslide and tiatoolbox, take pages as one pyramid only when one
+    factor steps through all of them.
+    Below the coarsest magnification level, reductions stop once a page fits in one tile.
+    """
+
+    def __init__(self, slide: Slide, tile: int, *, native_levels: bool = True) -> None:
+        self.slide, self.tile = slide, tile
+        g = slide.geometry
+        if native_levels:
+            view = OpenSlideView(slide, reduced_levels=True)
+            candidates = [view.source(i) for i in range(view.level_count)]
+        else:
+            deepest, f = slide.levels[-1], 1
+            candidates = []
+            while g.reduction_valid(deepest, f):
+                candidates.append((deepest, f))
+                f *= 2
+        #: (URCDM level, reduction factor) and side of each page, largest first
+        self.sources: list[tuple[int, int]] = []
+        self.sizes: list[int] = []
+        for level, factor in candidates:
+            if factor > 1 and self.sizes and self.sizes[-1] <= tile:
+                continue  # small enough already: no more reductions of this level
+            self.sources.append((level, factor))
+            self.sizes.append(g.canvases[level] // factor)
 
     def grid(self, k: int) -> int:
         return math.ceil(self.sizes[k] / self.tile)
 
-    def tiles(self, k: int, done: Callable[[], None] | None = None) -> Iterator[np.ndarray]:
-        """Level ``k``'s tiles, row-major; each tile's half goes to the scratch file of k+1."""
-        n, half = self.grid(k), self.tile // 2
-        out = open(self.scratch / f"{k + 1}.raw", "wb") if k + 1 < len(self.sizes) else None
-        try:
-            for r in range(n):
-                for c in range(n):
-                    tile = self._tile(k, r, c)
-                    if out is not None:
-                        small = tile.reshape(half, 2, half, 2, 3).mean((1, 3), dtype=np.float32)
-                        out.write(np.round(small).astype(np.uint8).tobytes())
-                        if r == c == n - 1:
-                            # the consumer may never resume us after the last tile: finish now
-                            out.close()
-                    if done is not None:
-                        done()
-                    yield tile
-        finally:
-            if out is not None:
-                out.close()
+    def mpp(self, k: int) -> float:
+        level, factor = self.sources[k]
+        return self.slide.geometry.level_mpp(level) * factor
 
-    def _tile(self, k: int, r: int, c: int) -> np.ndarray:
-        t = self.tile
-        if k == 0:
-            deepest = self.slide.geometry.levels - 1
-            return self.slide.read_region(deepest, c * t, r * t, t, t)
-        half, prev = t // 2, self.grid(k - 1)
-        block = half * half * 3
-        tile = np.full((t, t, 3), BACKGROUND_FILL, np.uint8)
-        with open(self.scratch / f"{k}.raw", "rb") as f:
-            for dr in (0, 1):
-                for dc in (0, 1):
-                    br, bc = 2 * r + dr, 2 * c + dc
-                    if br < prev and bc < prev:
-                        data = os.pread(f.fileno(), block, (br * prev + bc) * block)
-                        tile[dr * half:(dr + 1) * half, dc * half:(dc + 1) * half] = \
-                            np.frombuffer(data, np.uint8).reshape(half, half, 3)
-        return tile
+    def tiles(self, k: int, done: Callable[[], None] | None = None) -> Iterator[np.ndarray]:
+        """Page ``k``'s tiles, row-major (beyond the canvas: background)."""
+        n, t = self.grid(k), self.tile
+        level, factor = self.sources[k]
+        for r in range(n):
+            for c in range(n):
+                tile = self.slide.read_region(level, c * t, r * t, t, t, factor=factor)
+                if done is not None:
+                    done()
+                yield tile
 
 
 def _tiff_codec(compression: str, quality: int) -> dict:
@@ -187,50 +189,41 @@ def _aperio(slide: Slide, w: int, h: int, tile: int, compression: str, quality: 
 
 
 def write_tiff(slide: Slide, path: Path, *, layout: str = "tiff", compression: str = "jpeg",
-               quality: int = 90, tile: int = 256, progress: Callable[[], None] | None = None,
-               scratch: Path | None = None) -> None:
-    """A tiled BigTIFF pyramid in the plain, Aperio (``svs``) or OME (``ome-tiff``) layout.
-
-    ``scratch``: a folder for the reduced levels' scratch files (created, and removed after).
-    """
+               quality: int = 90, tile: int = 256, progress: Callable[[], None] | None = None) -> None:
+    """A tiled BigTIFF pyramid (``Pyramid``) in the plain, Aperio (``svs``) or OME
+    (``ome-tiff``) layout."""
     import tifffile
 
     g = slide.geometry
     codec = _tiff_codec(compression, quality)
-    scratch = scratch if scratch is not None else _temporary(path, "scratch")
-    _remove(scratch)
-    scratch.mkdir()
-    try:
-        pyr = Pyramid(slide, tile, scratch)
-        with tifffile.TiffWriter(path, bigtiff=True, ome=layout == "ome-tiff") as tif:
-            for k, size in enumerate(pyr.sizes):
-                mpp = g.mpp * 2**k
-                res = 1e4 / mpp  # pixels per centimetre
-                kw = dict(shape=(size, size, 3), dtype=np.uint8, tile=(tile, tile), photometric="rgb",
-                          resolution=(res, res), resolutionunit="CENTIMETER", **codec)
-                if layout == "ome-tiff":
-                    if k == 0:
-                        kw["subifds"] = len(pyr.sizes) - 1
-                        kw["metadata"] = {"axes": "YXS", "Name": f"lazyslide seed {slide.seed}",
-                                          "UUID": ome_uuid(slide, layout, compression, quality, tile),
-                                          "PhysicalSizeX": mpp, "PhysicalSizeXUnit": "µm",
-                                          "PhysicalSizeY": mpp, "PhysicalSizeYUnit": "µm"}
-                    else:
-                        kw["subfiletype"] = 1
-                elif layout == "svs":
-                    kw["description"] = _aperio(slide, size, size, tile, compression, quality, mpp)
-                    kw["metadata"] = None
+    pyr = Pyramid(slide, tile, native_levels=layout != "tiff")
+    with tifffile.TiffWriter(path, bigtiff=True, ome=layout == "ome-tiff") as tif:
+        for k, size in enumerate(pyr.sizes):
+            mpp = pyr.mpp(k)
+            res = 1e4 / mpp  # pixels per centimetre
+            kw = dict(shape=(size, size, 3), dtype=np.uint8, tile=(tile, tile), photometric="rgb",
+                      resolution=(res, res), resolutionunit="CENTIMETER", **codec)
+            if layout == "ome-tiff":
+                if k == 0:
+                    kw["subifds"] = len(pyr.sizes) - 1
+                    kw["metadata"] = {"axes": "YXS", "Name": f"lazyslide seed {slide.seed}",
+                                      "UUID": ome_uuid(slide, layout, compression, quality, tile),
+                                      "PhysicalSizeX": mpp, "PhysicalSizeXUnit": "µm",
+                                      "PhysicalSizeY": mpp, "PhysicalSizeYUnit": "µm"}
                 else:
-                    kw["subfiletype"] = 1 if k else 0
-                    kw["metadata"] = None
-                tif.write(pyr.tiles(k, progress), **kw)
-                if layout == "svs" and k == 0:
-                    thumb = _thumbnail(slide, 1024)
-                    tif.write(thumb, photometric="rgb", metadata=None, **_tiff_codec("jpeg", 85),
-                              description=_aperio(slide, thumb.shape[1], thumb.shape[0], 0,
-                                                  "jpeg", 85, g.mpp * size / thumb.shape[1]))
-    finally:
-        _remove(scratch)
+                    kw["subfiletype"] = 1
+            elif layout == "svs":
+                kw["description"] = _aperio(slide, size, size, tile, compression, quality, mpp)
+                kw["metadata"] = None
+            else:
+                kw["subfiletype"] = 1 if k else 0
+                kw["metadata"] = None
+            tif.write(pyr.tiles(k, progress), **kw)
+            if layout == "svs" and k == 0:
+                thumb = _thumbnail(slide, 1024)
+                tif.write(thumb, photometric="rgb", metadata=None, **_tiff_codec("jpeg", 85),
+                          description=_aperio(slide, thumb.shape[1], thumb.shape[0], 0,
+                                              "jpeg", 85, g.mpp * size / thumb.shape[1]))
 
 
 def _thumbnail(slide: Slide, longest: int) -> np.ndarray:
@@ -280,9 +273,11 @@ def write_dzi(slide: Slide, path: Path, *, quality: int = 90,
         _remove(descriptor)
 
 
-def _tiff_count(slide: Slide, tile: int) -> int:
-    pyr = Pyramid(slide, tile, Path())
-    return sum(pyr.grid(k) ** 2 for k in range(len(pyr.sizes)))
+def _tiff_counter(layout: str) -> Callable[[Slide, int], int]:
+    def count(slide: Slide, tile: int) -> int:
+        pyr = Pyramid(slide, tile, native_levels=layout != "tiff")
+        return sum(pyr.grid(k) ** 2 for k in range(len(pyr.sizes)))
+    return count
 
 
 def _tiff_layout(layout: str) -> Writer:
@@ -293,7 +288,7 @@ def _tiff_layout(layout: str) -> Writer:
         tmp = _temporary(out, "partial")
         try:
             write_tiff(slide, tmp, layout=layout, compression=compression, quality=quality,
-                       tile=tile, progress=progress, scratch=_temporary(out, "scratch"))
+                       tile=tile, progress=progress)
             tmp.replace(out)
         finally:
             tmp.unlink(missing_ok=True)
@@ -327,16 +322,18 @@ class Exporter:
 #: The export formats, by their ``--format`` name. The README's format table follows it.
 EXPORTERS: dict[str, Exporter] = {
     "tiff": Exporter(_tiff_layout("tiff"), ".tiff",
-                     "tiled BigTIFF, reduced pages (NewSubfileType 1), resolution tags in cm",
+                     "tiled BigTIFF, the deepest level halved (NewSubfileType 1), resolution tags in cm",
                      "openslide (generic-tiff), tiffslide, tiatoolbox, pyvips: all levels",
-                     _tiff_count),
+                     _tiff_counter("tiff")),
     "svs": Exporter(_tiff_layout("svs"), ".svs",
-                    "Aperio: ImageDescription with AppMag and MPP, thumbnail page after level 0",
+                    "Aperio: every magnification level and its reductions, ImageDescription with "
+                    "AppMag and MPP, thumbnail page after level 0",
                     "the same, and openslide reports objective power and a thumbnail",
-                    _tiff_count),
-    "ome-tiff": Exporter(_tiff_layout("ome-tiff"), ".ome.tiff", "OME-XML, pyramid in SubIFDs",
+                    _tiff_counter("svs")),
+    "ome-tiff": Exporter(_tiff_layout("ome-tiff"), ".ome.tiff", "OME-XML, every magnification "
+                         "level and its reductions in SubIFDs",
                          "tiffslide, tiatoolbox (and QuPath/Bio-Formats): all levels; openslide: "
-                         "level 0 only", _tiff_count),
+                         "level 0 only", _tiff_counter("ome-tiff")),
     "dzi": Exporter(_write_dzi, ".dzi", "`NAME.dzi` + `NAME_files/`, byte-identical to the "
                     "server's Deep Zoom endpoint", "any Deep Zoom viewer; large_image's deepzoom "
                     "source", lambda slide, tile: DeepZoom(slide).tile_count, strict_extension=True),

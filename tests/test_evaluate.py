@@ -45,7 +45,7 @@ def test_evaluate_writes_the_papers_tables(tmp_path, capsys, method, small_folde
         assert report["levels"]["0"]["n_generated"] == 0 and report["summary"]["fid_level0"] is None
         assert "| outpaint | n/a |" in md
     cons = report["consistency"]
-    assert set(cons["real"]) == {"1", "2"} and "| Level | source | pairs | tissue IoU |" in md
+    assert set(cons["real"]) == {"1", "2"} and "| Method | level | pairs | tissue IoU |" in md
     for v in cons["real"].values():
         assert v["pairs"] == 6 and 0 <= v["tissue_iou"] <= 1 and 0 <= v["hallucinated_tissue"] <= 1
         assert v["grid_tissue"] is not None and 0.5 < v["grid_tissue"] < 2  # real: no tile grid
@@ -68,3 +68,111 @@ def test_evaluate_bad_input(tmp_path, capsys):
     assert main(base + ["--real", str(bad)]) == 2
     assert "real slide: cannot read" in capsys.readouterr().err
     assert main(base + ["--real", str(SVS), "--n", "2"]) == 2
+
+
+# -- other generators' samples, the noise floor, compare ------------------------------------------
+EVAL = dict(n=8, pfid_n=4, block=2, progress=False, draws=50)
+
+
+@pytest.fixture(scope="module")
+def engine_and_export(small_model, tmp_path_factory):
+    """The engine's report for slide seed 0, and a lossless export of that slide."""
+    from lazyslide import Slide, TileStore
+    from lazyslide.evaluation.evaluate import evaluate
+    from lazyslide.export import export
+    from lazyslide.materialize import materialize
+
+    d = tmp_path_factory.mktemp("samples")
+    store = TileStore(d / "store")
+    slide = Slide(small_model, 0, store, make_level0=False)
+    materialize(slide, show_progress=False)
+    tiff = export(slide, d / "seed0.svs", "svs", compression="deflate", tile=64)
+    report = evaluate(small_model, [SVS], d / "engine", seeds=[0], store=store, **EVAL)
+    return report, tiff, d
+
+
+def _metric_values(report):
+    out = {k: v for k, v in report["summary"].items() if not isinstance(v, list)}
+    for lv, v in report["levels"].items():
+        out.update({f"{lv}/{k}": x for k, x in v.items() if not isinstance(x, list)})
+    return out
+
+
+def test_an_exported_slide_through_samples_gives_the_engines_metrics(small_model, engine_and_export):
+    from lazyslide.evaluation.evaluate import evaluate
+
+    engine, tiff, d = engine_and_export
+    report = evaluate(small_model, [SVS], d / "file", samples=tiff, name="export", **EVAL)
+    assert report["name"] == "export" and report["source"].startswith("slide file")
+    ours, theirs = _metric_values(report), _metric_values(engine)
+    assert ours.keys() == theirs.keys() and ours["pfid"] is not None
+    for key, v in theirs.items():
+        assert ours[key] == (v if v is None else pytest.approx(v, rel=1e-6, abs=1e-9)), key
+    assert report["consistency"]["generated"] == engine["consistency"]["generated"]
+    assert report["real_vs_real"] == engine["real_vs_real"] and report["protocol"] == engine["protocol"]
+    # the noise floor: two halves of the real patches, with intervals around every FID
+    rr = report["real_vs_real"]
+    assert rr["levels"]["2"]["n_real"] == rr["levels"]["2"]["n_generated"] == 4
+    lo, hi = rr["summary"]["pfid_ci"]
+    assert lo < rr["summary"]["pfid"] < hi
+    lo, hi = engine["levels"]["2"]["fid_ci"]
+    assert lo < engine["levels"]["2"]["fid"] < hi
+    md = (d / "file" / "report.md").read_text()
+    assert "| real vs real (n/2 vs n/2) |" in md and " [" in md
+
+
+def test_a_folder_of_images_per_level(small_model, engine_and_export, tmp_path, capsys):
+    from PIL import Image
+
+    from lazyslide import Slide, TileStore
+    from lazyslide.evaluation.evaluate import evaluate
+    from lazyslide.evaluation.samples import level_patches
+
+    engine, _, d = engine_and_export
+    slide = Slide(small_model, 0, TileStore(d / "store"), make_level0=False)
+    folder = tmp_path / "gen"
+    for lv in range(3):
+        (folder / f"level{lv}").mkdir(parents=True)
+        for i, px in enumerate(level_patches([slide], lv, 2)):
+            Image.fromarray(px).save(folder / f"level{lv}" / f"{i}.png")
+    report = evaluate(small_model, [SVS], tmp_path / "r", samples=folder, **EVAL)
+    for lv in ("0", "1", "2"):  # the engine's own tiles: its per-level numbers
+        for key in ("fid", "precision", "recall", "n_generated"):
+            assert report["levels"][lv].get(key) == pytest.approx(engine["levels"][lv].get(key)), (lv, key)
+    assert report["summary"]["pfid"] is None  # no whole slide: no crops
+    # one level's images with --mpp; wrong scale or size: errors naming what is expected
+    base = ["evaluate", "--model", "random:test", "--real", str(SVS), "--n", "8", "-o", str(tmp_path / "x")]
+    mpp1 = small_model.geometry.level_mpp(1)
+    assert main(base + ["--samples", str(folder / "level1"), "--mpp", "3.3"]) == 2
+    assert "match no level" in capsys.readouterr().err
+    Image.new("RGB", (40, 40)).save(folder / "level1" / "big.png")
+    assert main(base + ["--samples", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "big.png: 40x40 px; level 1 images must be 32x32 px at" in err
+    assert main(base + ["--samples", str(folder / "level1"), "--mpp", f"{mpp1 * 1.3}"]) == 2
+    assert main(base + ["--samples", str(tmp_path / "nothing")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_compare_tabulates_reports_and_refuses_other_protocols(small_model, engine_and_export,
+                                                             tmp_path, capsys):
+    from lazyslide.evaluation.evaluate import evaluate
+
+    engine, tiff, d = engine_and_export
+    # --no-pfid: no generated crops, the same protocol (real crops drawn all the same)
+    r = evaluate(small_model, [SVS], tmp_path / "file", samples=tiff, name="export", pfid=False, **EVAL)
+    assert r["summary"]["pfid"] is None and not r["pfid_measured"] and engine["pfid_measured"]
+    assert r["protocol"] == engine["protocol"] and r["real_vs_real"] == engine["real_vs_real"]
+    assert main(["compare", str(d / "engine"), str(tmp_path / "file"), "-o", str(tmp_path / "c")]) == 0
+    md = (tmp_path / "c" / "compare.md").read_text()
+    for row in ("| urcdm |", "| export |", "| real vs real |"):
+        assert row in md, row
+    pfid = {row: md.split(f"| {row} |")[1].split("|")[1].strip() for row in ("urcdm", "export")}
+    assert pfid["export"] == "n/a" and pfid["urcdm"] != "n/a"  # Table 1's pFID column
+    assert "level 2 IP" in md and (tmp_path / "c" / "compare.png").stat().st_size > 0
+    other = dict(EVAL, n=10)
+    evaluate(small_model, [SVS], tmp_path / "more", samples=tiff, **other)
+    assert main(["compare", str(d / "engine"), str(tmp_path / "more"), "-o", str(tmp_path / "c2")]) == 2
+    assert "real patches per level (--n)" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path / "nothing"), "-o", str(tmp_path / "c3")]) == 2
+    assert "no report.json" in capsys.readouterr().err

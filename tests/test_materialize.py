@@ -57,22 +57,24 @@ def test_formats_open_in_every_reader(made, fmt, comp):
     mpp = slide.geometry.mpp
     osr = openslide.OpenSlide(path)
     assert osr.dimensions == (200, 200)
-    assert osr.level_count == (1 if fmt == "ome-tiff" else 3)  # openslide reads no SubIFDs
+    # svs, ome-tiff: each magnification level (200, 88, 32 px) and its reductions down to the
+    # next; tiff: the deepest level halved
+    pages = [200, 100, 50] if fmt == "tiff" else [200, 100, 88, 44, 32]
+    assert osr.level_count == (1 if fmt == "ome-tiff" else len(pages))  # openslide reads no SubIFDs
     assert float(osr.properties["openslide.mpp-x"]) == pytest.approx(mpp, rel=1e-5)
     if fmt == "svs":
         assert float(osr.properties["openslide.objective-power"]) == pytest.approx(10 / mpp, rel=1e-3)
         assert "thumbnail" in osr.associated_images
     ts = tiffslide.TiffSlide(path)
-    assert ts.dimensions == (200, 200) and ts.level_count == 3
-    assert ts.level_dimensions[1] == (100, 100)
+    assert ts.dimensions == (200, 200) and [d[0] for d in ts.level_dimensions] == pages
     assert float(ts.properties["tiffslide.mpp-x"]) == pytest.approx(mpp, rel=1e-5)
     wsi = WSIReader.open(path)
-    assert tuple(wsi.info.slide_dimensions) == (200, 200) and wsi.info.level_count == 3
+    assert tuple(wsi.info.slide_dimensions) == (200, 200) and wsi.info.level_count == len(pages)
     assert wsi.info.mpp[0] == pytest.approx(mpp, rel=1e-5)
     v = pyvips.Image.new_from_file(path)
     assert (v.width, v.height) == (200, 200)
     if fmt != "ome-tiff":  # pyvips counts pages, not SubIFDs
-        assert v.get("n-pages") == (4 if fmt == "svs" else 3)
+        assert v.get("n-pages") == len(pages) + (fmt == "svs")
 
 
 @pytest.mark.parametrize("fmt", ["tiff", "svs", "ome-tiff"])
@@ -83,6 +85,13 @@ def test_deflate_pixels_equal_read_region(made, fmt):
     assert np.array_equal(np.asarray(ts.read_region((0, 0), 0, (200, 200)))[..., :3], expected)
     osr = openslide.OpenSlide(str(files[fmt, "deflate"]))
     assert np.array_equal(np.asarray(osr.read_region((0, 0), 0, (200, 200)))[..., :3], expected)
+    # every magnification level's own pixels, and its reductions as the viewer reads them
+    pages = ts.level_dimensions
+    sources = [(2, 1), (2, 2), (2, 4)] if fmt == "tiff" else [(2, 1), (2, 2), (1, 1), (1, 2), (0, 1)]
+    for i, (level, factor) in enumerate(sources):
+        side = pages[i][0]
+        page = np.asarray(ts.read_region((0, 0), i, (side, side)))[..., :3]
+        assert np.array_equal(page, slide.read_region(level, 0, 0, side, side, factor=factor)), i
 
 
 async def test_dzi_export_equals_the_server(made, aiohttp_client):

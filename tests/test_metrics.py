@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lazyslide.evaluation.fid import fid, fid_bootstrap, frechet_distance
+from lazyslide.evaluation.fid import fid, fid_bootstrap, fid_interval, frechet_distance
 from lazyslide.evaluation.precision_recall import knn_radii, precision_recall
 
 
@@ -63,6 +63,19 @@ def test_fid_bootstrap_spread_narrows_with_n_and_pairs_rows():
     assert np.array_equal(draws[:, 0], draws[:, 1])  # the same indices in every row: paired
     assert (draws[:, 2] > draws[:, 0]).all()  # a shifted row is worse in every draw
     assert np.array_equal(draws, fid_bootstrap(real, [fake, fake.copy(), fake + 1], draws=30, seed=2))
+
+
+def test_fid_interval_contains_the_value_narrows_with_n_and_needs_50_draws():
+    rng = np.random.default_rng(3)
+    widths = {}
+    for n in (40, 400):
+        real, fake = rng.normal(size=(n, 8)), rng.normal(0.3, 1, size=(n, 8))
+        value, lo, hi = fid_interval(real, fake, draws=50, seed=1)
+        assert value == pytest.approx(fid(real, fake)) and lo < value < hi
+        widths[n] = hi - lo
+    assert widths[400] < widths[40] / 2  # sampling noise falls like 1/sqrt(n)
+    with pytest.raises(ValueError, match="at least 50 draws"):
+        fid_interval(real, fake, draws=49)
 
 
 def test_precision_recall_known_answers():

@@ -96,14 +96,14 @@ def test_reduced_levels_read_the_same_magnification_level_and_only_needed_tiles(
         _, plain_level, _ = plain.get_tile_coordinates(level, (0, 0))
         assert dz.magnification_level(level) == 2 - plain_level, level
         cols, rows = dz.level_tiles(level)
-        for col in range(cols):
-            for row in range(rows):
-                read.clear()
-                ours = np.asarray(dz.dz.get_tile(level, (col, row)), np.int16)
-                needed = {slide.key(t) for t in dz.needed_tiles(level, col, row)}
-                assert read <= needed, (level, col, row)  # generating needed_tiles suffices
-                theirs = np.asarray(plain.get_tile(level, (col, row)), np.int16)
-                assert ours.shape == theirs.shape
-                if view.source(dz.dz.get_tile_coordinates(level, (col, row))[1]) == (2, 1):
-                    assert np.array_equal(ours, theirs)  # full resolution: the same bytes
-                assert np.abs(ours - theirs).mean() < 2.0, (level, col, row)  # the same picture
+        # corners and the middle: edges, seams and clipping
+        for col, row in {(0, 0), (cols // 2, rows // 2), (cols - 1, rows - 1), (cols - 1, 0)}:
+            read.clear()
+            ours = np.asarray(dz.dz.get_tile(level, (col, row)), np.int16)
+            needed = {slide.key(t) for t in dz.needed_tiles(level, col, row)}
+            assert read <= needed, (level, col, row)  # generating needed_tiles suffices
+            theirs = np.asarray(plain.get_tile(level, (col, row)), np.int16)
+            assert ours.shape == theirs.shape
+            if view.source(dz.dz.get_tile_coordinates(level, (col, row))[1]) == (2, 1):
+                assert np.array_equal(ours, theirs)  # full resolution: the same bytes
+            assert np.abs(ours - theirs).mean() < 2.0, (level, col, row)  # the same picture

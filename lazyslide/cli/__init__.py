@@ -2,7 +2,7 @@
 
 Make slides: ``info``, ``tile``, ``demo``, ``serve``, ``materialize`` (``slides.py``); make
 models: ``prepare``, ``train``, ``assemble`` (``training.py``); judge them: ``evaluate``,
-``study`` (``evaluation.py``). Each module parses its commands' arguments and calls the pipeline
+``compare``, ``study`` (``evaluation.py``). Each module parses its commands' arguments and calls the pipeline
 step that does the work.
 
 Errors users can fix (bad model spec, tile out of range, unreadable store) print one line and

@@ -1,4 +1,4 @@
-"""Commands that judge models: ``evaluate`` and the reader ``study``."""
+"""Commands that judge models: ``evaluate``, ``compare`` and the reader ``study``."""
 
 from __future__ import annotations
 
@@ -22,11 +22,28 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_method_option(ev)
     add_sampling_options(ev)
     ev.add_argument("--slide-mpp", type=float, help="mpp for real slides whose files do not say")
+    ev.add_argument("--samples", help="measure another generator's output instead of the engine: a "
+                    "slide file (anything tiatoolbox reads, e.g. an export) or a folder of level0/, "
+                    "level1/, level2/ images (the model sets the levels' um/px and the tile size)")
+    ev.add_argument("--name", help="the row's name in the tables (default: the method, or the "
+                    "samples' file or folder name)")
+    ev.add_argument("--mpp", type=float, help="with --samples: um/px of a folder holding one level's "
+                    "images, or of a slide file that does not say")
+    ev.add_argument("--no-pfid", dest="pfid", action="store_false",
+                    help="make no generated pFID crops (pFID n/a; real crops are drawn all the same): "
+                    "for generators whose crops cost hours, e.g. outpainting a large canvas on a CPU")
+    ev.add_argument("--draws", type=int, default=50,
+                    help="bootstrap draws behind each FID interval (default and minimum 50)")
     ev.add_argument("-o", "--output", required=True, help="report folder")
     ev.add_argument("--cache", help="tile store folder (default ~/.cache/lazyslide)")
     ev.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     ev.add_argument("--json", action="store_true", help="print the report as JSON")
     ev.set_defaults(func=cmd_evaluate)
+
+    cp = sub.add_parser("compare", help="several evaluate reports as one table and figure")
+    cp.add_argument("reports", nargs="+", help="report folders of `lazyslide evaluate -o`")
+    cp.add_argument("-o", "--output", required=True, help="folder for compare.md, .json, .png")
+    cp.set_defaults(func=cmd_compare)
 
     st = sub.add_parser("study", help="reader study: serve real/synthetic pairs; `study report DB`")
     st.add_argument("action", nargs="*", help="`report DB` prints Table 2 from a study database")
@@ -53,15 +70,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     missing = [s for s in args.real if not Path(s).exists()]
     if missing:
         raise LazySlideError(f"real slide {missing[0]}: no such file")
+    if args.samples is not None and not Path(args.samples).exists():
+        raise LazySlideError(f"--samples {args.samples}: no such file or folder")
+    if args.mpp is not None and (args.samples is None or not args.mpp > 0):
+        raise LazySlideError("--mpp goes with --samples and must be positive")
     model = load_model(args.model, args.device, args)
     report = evaluate(model, args.real, args.output, seeds=parse_seeds(args.seeds), n=args.n,
                       pfid_n=args.pfid_n, block=args.block, method=args.method,
-                      store=open_store(args.cache), slide_mpp=args.slide_mpp, progress=not args.json)
+                      store=open_store(args.cache) if args.samples is None else None,
+                      slide_mpp=args.slide_mpp, progress=not args.json, samples=args.samples,
+                      name=args.name, samples_mpp=args.mpp, draws=args.draws, pfid=args.pfid)
     if args.json:
         print(json.dumps(report))
     else:
         print((Path(args.output) / "report.md").read_text())
         print(f"report: {args.output}/report.md ({report['seconds']} s)")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from ..evaluation.compare import compare
+
+    print(compare(args.reports, args.output))
+    print(f"table: {args.output}/compare.md, figure: {args.output}/compare.png")
     return 0
 
 

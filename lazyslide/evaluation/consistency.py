@@ -75,6 +75,8 @@ class CrossScale:
         self.pairs += 1
 
     def summary(self) -> dict[str, float | int | None]:
+        if not self.pairs:  # nothing compared (outpainting has no level above): not "agrees"
+            return {"pairs": 0, "tissue_iou": None, "hallucinated_tissue": None, "delta_e_tissue": None}
         return {
             "pairs": self.pairs,
             # no tissue on either side anywhere: nothing to disagree about

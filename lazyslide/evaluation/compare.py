@@ -1,0 +1,147 @@
+"""``lazyslide compare``: several evaluation reports as one table and one figure.
+
+Rows are methods (each report's generator, then the real vs real noise floor once), columns the
+paper's Table 1 (FID on level 0, pFID, improved precision and recall) and Table 3 (precision and
+recall per level). Reports measured against other real images, counts, seeds of the sampling,
+features or geometry are not comparable (FID moves with the count alone), so they are refused:
+``protocol`` in each report.json must agree.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import LazySlideError
+from .evaluate import REAL_VS_REAL, consistency_table, fmt_interval, pr_bars, summary_row
+
+#: protocol fields that must agree, and what a difference means
+PROTOCOL = {
+    "real": "real slides", "n": "real patches per level (--n)", "pfid_n": "pFID crops (--pfid-n)",
+    "k": "k", "draws": "bootstrap draws (--draws)", "seed": "sampling seed",
+    "extractor": "feature extractor", "tile": "tile size",
+    "level_mpp": "levels' um/px (the model's geometry)",
+    "real_features": "real images (their pixels or features)",
+}
+
+
+def load(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder)
+    path = path / "report.json" if path.is_dir() else path
+    try:
+        report = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise LazySlideError(f"{folder}: no report.json (a `lazyslide evaluate -o` folder)") from None
+    except (OSError, ValueError) as e:
+        raise LazySlideError(f"{path}: not a readable report ({e})") from None
+    if "protocol" not in report or "real_vs_real" not in report:
+        raise LazySlideError(f"{path}: made by an older lazyslide evaluate (no protocol or real vs "
+                             "real row): evaluate again")
+    return report
+
+
+def check(reports: list[dict[str, Any]], names: list[str]) -> None:
+    """Refuse reports whose protocols differ, naming the field and the reports."""
+    first = reports[0]["protocol"]
+    for report, name in zip(reports[1:], names[1:], strict=True):
+        for field, what in PROTOCOL.items():
+            if report["protocol"].get(field) != first.get(field):
+                raise LazySlideError(
+                    f"{names[0]} and {name} differ in {what} ({field}: {first.get(field)!r} vs "
+                    f"{report['protocol'].get(field)!r}): their metrics are not comparable; "
+                    "evaluate both with the same --real, --n, --pfid-n, --draws and model geometry")
+
+
+def compare(folders: list[str | Path], out: str | Path) -> str:
+    """Write ``compare.md``, ``compare.json`` and ``compare.png`` to ``out``; returns the Markdown."""
+    if len(folders) < 1:
+        raise LazySlideError("give at least one report folder")
+    reports = [load(f) for f in folders]
+    names = [str(f) for f in folders]
+    check(reports, names)
+    rows = [(r["name"], r) for r in reports] + [(REAL_VS_REAL, reports[0]["real_vs_real"])]
+    seen: dict[str, int] = {}
+    labels = []
+    for name, _ in rows:  # two reports of one name: number them
+        seen[name] = seen.get(name, 0) + 1
+        labels.append(name if seen[name] == 1 else f"{name} ({seen[name]})")
+    levels = list(reports[0]["levels"])
+    p = reports[0]["protocol"]
+    lines = [
+        "# Comparison",
+        "",
+        f"{len(reports)} report(s), one protocol: real slides "
+        + ", ".join(r["name"] for r in p["real"])
+        + f"; {p['n']} real patches per level, {p['pfid_n']} pFID crops, k = {p['k']}, "
+        f"{p['extractor']}; FID intervals +- 1.96 sd of {p['draws']} bootstrap draws. The real vs "
+        "real row compares two disjoint halves of the real images (half the count): the noise floor.",
+        "",
+        "## Table 1: overall",
+        "",
+        "| Method | FID (level 0) | pFID | Improved precision | Improved recall |",
+        "|---|---|---|---|---|",
+        *(summary_row(label, row["summary"]) for label, (_, row) in zip(labels, rows, strict=True)),
+        "",
+        "## Table 3: per magnification level",
+        "",
+        "| Method | " + " | ".join(f"level {lv} IP | level {lv} IR | level {lv} FID" for lv in levels) + " |",
+        "|---|" + "---|---|---|" * len(levels),
+    ]
+    for label, (_, row) in zip(labels, rows, strict=True):
+        cells = []
+        for lv in levels:
+            v = row["levels"][lv]
+            cells += [_f(v.get("precision")), _f(v.get("recall")),
+                      fmt_interval(v.get("fid"), v.get("fid_ci"))]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    consistency = [(label, r["consistency"]["generated"]) for label, r in zip(labels, reports, strict=False)]
+    consistency.append(("real slides", reports[0]["consistency"]["real"]))
+    lines += ["", "## Cross-scale consistency and tile grid", "", *consistency_table(consistency)]
+    lines += ["", "Cross-scale: each level-k tile against the level k-1 pixels under it (1 / 0 / 0: "
+              "the levels agree); grid: 1 = no visible tile grid. The real row reads the real "
+              "slides at both levels' um/px."]
+    lines += ["", "Sources: " + "; ".join(f"{label}: {r['source']}" for label, r
+                                         in zip(labels, reports, strict=False)), ""]
+    text = "\n".join(lines)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.md").write_text(text)
+    (out / "compare.json").write_text(json.dumps(
+        {"protocol": p, "rows": [{"name": label, "summary": row["summary"], "levels": row["levels"]}
+                                 for label, (_, row) in zip(labels, rows, strict=True)],
+         "reports": names}, indent=1) + "\n")
+    _figure(labels, [row for _, row in rows], levels, out / "compare.png")
+    return text
+
+
+def _f(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
+def _figure(labels: list[str], rows: list[dict[str, Any]], levels: list[str], path: Path) -> None:
+    """FID (level 0) and pFID with their intervals; precision and recall per level."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), dpi=100)
+    x = np.arange(len(labels))
+    for ax, (key, title) in zip(axes[:2], (("fid_level0", "FID, level 0"), ("pfid", "pFID")), strict=True):
+        vals = [r["summary"].get(key) for r in rows]
+        cis = [r["summary"].get(f"{key}_ci") for r in rows]
+        for i, (v, ci) in enumerate(zip(vals, cis, strict=True)):
+            if v is None:
+                ax.text(i, 0, "n/a", ha="center", va="bottom", fontsize=8)
+                continue
+            err = None if not ci else [[v - ci[0]], [ci[1] - v]]
+            ax.bar(i, v, 0.6, yerr=err, capsize=4, color=f"C{i}")
+        ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=8)
+        ax.set_title(f"{title} (lower is better)")
+    pr_bars(axes[2], labels, rows, levels)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
