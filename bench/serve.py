@@ -117,18 +117,27 @@ def run_lazyslide_server(store_dir: str, port: int, spec: str, render: str = "0"
     web.run_app(server.app(), host="127.0.0.1", port=port, print=None, handler_cancellation=True)
 
 
-def start(role: str, *args: str) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(HERE), "--role", role, str(port), *args])
-    deadline = time.time() + 120
+def wait_listening(proc: subprocess.Popen, port: int, seconds: float,
+                   what: str) -> tuple[subprocess.Popen, int]:
+    """``(proc, port)`` once ``port`` accepts connections; an error if ``proc`` exits or
+    ``seconds`` pass first."""
+    deadline = time.time() + seconds
     while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return proc, port
         except OSError:
             time.sleep(0.3)
     proc.kill()
-    raise RuntimeError(f"{role} did not start")
+    raise RuntimeError(f"{what} did not start")
+
+
+def start(role: str, *args: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(HERE), "--role", role, str(port), *args])
+    return wait_listening(proc, port, 120, role)
 
 
 def peak_rss_mib(proc: subprocess.Popen) -> float:
@@ -254,17 +263,7 @@ def start_cli_server(store: Path, args: argparse.Namespace, workers: int,
     if workers:
         cmd += ["--workers", str(workers)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 900
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("the server did not start")
+    return wait_listening(proc, port, 900, " ".join(cmd))
 
 
 def sessions(args: argparse.Namespace, work: Path) -> None:

@@ -155,6 +155,11 @@ class Pyramid:
             self.sources.append((level, factor))
             self.sizes.append(g.canvases[level] // factor)
 
+    @classmethod
+    def of_layout(cls, slide: Slide, tile: int, layout: str) -> Pyramid:
+        """The pages of a TIFF layout: native levels but for plain ``tiff`` (see above)."""
+        return cls(slide, tile, native_levels=layout != "tiff")
+
     def grid(self, k: int) -> int:
         return math.ceil(self.sizes[k] / self.tile)
 
@@ -196,7 +201,7 @@ def write_tiff(slide: Slide, path: Path, *, layout: str = "tiff", compression: s
 
     g = slide.geometry
     codec = _tiff_codec(compression, quality)
-    pyr = Pyramid(slide, tile, native_levels=layout != "tiff")
+    pyr = Pyramid.of_layout(slide, tile, layout)
     with tifffile.TiffWriter(path, bigtiff=True, ome=layout == "ome-tiff") as tif:
         for k, size in enumerate(pyr.sizes):
             mpp = pyr.mpp(k)
@@ -275,7 +280,7 @@ def write_dzi(slide: Slide, path: Path, *, quality: int = 90,
 
 def _tiff_counter(layout: str) -> Callable[[Slide, int], int]:
     def count(slide: Slide, tile: int) -> int:
-        pyr = Pyramid(slide, tile, native_levels=layout != "tiff")
+        pyr = Pyramid.of_layout(slide, tile, layout)
         return sum(pyr.grid(k) ** 2 for k in range(len(pyr.sizes)))
     return count
 
