@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .networks import Denoiser
-from .sampler import SCHEDULES, SamplingConfig, TileNoise, X0Model, alpha_sigma, q_sample, sample
+from .sampler import LOOPS, SCHEDULES, SamplingConfig, TileNoise, X0Model, alpha_sigma, q_sample
 
 
 def x0_predictor(denoiser: Denoiser, objective: str, *, cond: Tensor | None = None,
@@ -63,5 +63,6 @@ class Stage:
             lowres = q_sample(lowres, lowres_ls.view(-1, 1, 1, 1), noise((3, size, size)))
         predict = x0_predictor(denoiser, self.objective, cond=cond, lowres=lowres,
                                lowres_log_snr=lowres_ls)
-        return sample(predict, (3, size, size), noise, log_snr=self.schedule, known=known,
-                      mask=mask, **self.sampling.stage(self.index))
+        loop = LOOPS[self.sampling.loop]
+        return loop(predict, (3, size, size), noise, log_snr=self.schedule, known=known,
+                    mask=mask, **self.sampling.stage(self.index))

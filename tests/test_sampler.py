@@ -116,14 +116,17 @@ def test_inpainting_is_decided_per_sample(sampler):
 def diffusers_dpmpp(model, x, log_snr, order: int) -> torch.Tensor:
     """diffusers' DPM-Solver++ multistep scheduler run on ``model`` (an x0 predictor) over our
     log-SNR grid: its sigmas are set to sigma / alpha = exp(-log_snr / 2), the only schedule
-    values its update reads (step index -> sigma -> alpha, sigma, lambda)."""
+    values its update reads (step index -> sigma -> alpha, sigma, lambda), but for the last,
+    which is diffusers' default final sigma, 0 (its last step returns the x0 prediction)."""
     from diffusers import DPMSolverMultistepScheduler
 
     steps = len(log_snr) - 1
     sched = DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=order,
-                                        prediction_type="sample", final_sigmas_type="sigma_min")
+                                        prediction_type="sample")  # final sigma: its default, 0
+    assert sched.config.final_sigmas_type == "zero"
     sched.set_timesteps(steps)
-    sched.sigmas = torch.exp(-log_snr.double() / 2).float()
+    sigmas = torch.exp(-log_snr.double() / 2).float()
+    sched.sigmas = torch.cat([sigmas[:-1], torch.zeros(1)])  # the grid ends at sigma = 0
     for i, t in enumerate(sched.timesteps):
         x = sched.step(model(x, log_snr[i].expand(len(x))), t, x).prev_sample
     return x
@@ -143,6 +146,35 @@ def test_fast_solvers_match_diffusers(step, order, steps):
         first = sample(toy_model, shape, TileNoise([5, 6]), log_snr=cosine_log_snr, steps=steps,
                        step=ddim_step, threshold=1.0)
         assert (ours - first).abs().max() > 1e-3
+
+
+def oracle_residual(step, steps: int, resample: int = 1) -> float:
+    """uint8 levels RMS between the output and the data when the denoiser knows the data (a
+    point mass): what a sampler itself leaves of the noise, nothing of the network's error."""
+    shape = (3, 16, 16)
+    data = torch.rand(1, *shape, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8
+    mask = torch.zeros(1, 1, 16, 16, dtype=torch.bool)
+    mask[..., :2, :] = True
+    out = sample(lambda x, log_snr: data.expand_as(x), shape, TileNoise([1]), log_snr=cosine_log_snr,
+                 steps=steps, step=step, known=data, mask=mask, resample=resample, threshold=1.0)
+    return float(((out - data)[~mask.expand_as(out)] * 127.5).pow(2).mean().sqrt())
+
+
+@pytest.mark.parametrize("steps", [4, 16, 64, 256])
+@pytest.mark.parametrize("sampler", [name for name in SAMPLERS if name != "ancestral-imagen"])
+def test_samplers_end_without_noise(sampler, steps):
+    """The time grid ends at t = 0, where the cosine schedule's sigma is still 0.0125: a sampler
+    must return the data estimate there, not a noisy x (DDIM and DPM-Solver++ left 1.6 uint8
+    levels RMS, ancestral 0.18 at 16 steps and 1.1 at 256, before they did)."""
+    assert oracle_residual(SAMPLERS[sampler].step, steps, resample=2) < 0.2
+
+
+def test_imagens_sampler_keeps_its_residual_noise():
+    """``ancestral-imagen`` is imagen-pytorch's step as the authors sampled: its last step
+    returns the posterior mean at t = 0, which keeps noise that grows with the step count."""
+    step = SAMPLERS["ancestral-imagen"].step
+    few, many = oracle_residual(step, 16), oracle_residual(step, 256)
+    assert 0.1 < few < many and many > 0.8
 
 
 def test_ddim_eta_one_is_ancestral():
@@ -167,7 +199,17 @@ def test_sampling_config_keeps_old_fingerprints():
     # fields at their original values are not written, so configs (and fingerprints) of models
     # made before they existed are unchanged
     assert cfg.to_dict() == {"steps": [4, 2, 2], "resample": [2, 2, 2], "threshold": 0.95}
-    assert model.fingerprint == "cc6a429a00691de2"  # this preset's fingerprint before the split
+    # the config is the one before the split: with the sampler version it had then (ancestral
+    # 1), it hashes to the fingerprint it had; ancestral 2 (ends at x0) must change it
+    import hashlib
+    import json
+
+    def fingerprint(version: str) -> str:
+        payload = json.dumps(model.config, sort_keys=True) + f"|sampler={version}"
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    assert fingerprint("1") == "cc6a429a00691de2"  # this preset's fingerprint before the split
+    assert model.fingerprint == fingerprint("2") == "3ea8b936ceb355ff"
     assert SamplingConfig.from_dict(cfg.to_dict()) == cfg
     for bad in ({"steps": [1, 1], "resample": [1, 1, 1]}, {"steps": [0], "resample": [1]},
                 {"steps": [1], "resample": [1], "sampler": "nope"}, {"steps": [1], "resample": [1],
@@ -217,3 +259,46 @@ def test_level_sampling_reaches_the_generator():
     counts: Counter[int] = Counter()
     generate(model, [job], evaluations=counts)
     assert counts[0] == 5
+
+
+def test_imagen_loop_is_imagen_pytorchs(monkeypatch):
+    """``loop="imagen"`` with ``ancestral-imagen`` is ``Imagen.p_sample_loop`` (the authors'
+    sampler), inpainting and RePaint resamples included: the same tiny unet, and every random
+    draw on both sides the same tensor, so only the arithmetic and its order are compared."""
+    from lazyslide._imagen import ImagenDenoiser
+    from lazyslide.sampler import LOOPS
+    from lazyslide.stage import x0_predictor
+
+    ip = imagen()
+    torch.manual_seed(0)
+    unet = ip.Unet(dim=8, dim_mults=(1, 2), num_resnet_blocks=1, layer_attns=False,
+                   layer_cross_attns=False, channels=3)
+    model = ip.Imagen(unets=(unet,), image_sizes=(16,), timesteps=6, condition_on_text=False,
+                      pred_objectives="v").eval()
+    for p in model.unets[0].parameters():  # imagen zero-initialises its output convolution
+        torch.nn.init.normal_(p, std=0.05)
+    shape = (3, 16, 16)
+    fixed = torch.randn(1, *shape, generator=torch.Generator().manual_seed(3))
+    known = torch.rand(1, *shape, generator=torch.Generator().manual_seed(4))
+    mask = torch.zeros(1, 16, 16, dtype=torch.bool)
+    mask[:, :4] = True
+    monkeypatch.setattr(torch, "randn_like", lambda x, **kw: fixed.clone())
+    monkeypatch.setattr(torch, "randn", lambda *a, **kw: fixed.clone())
+    with torch.no_grad():
+        theirs = model.p_sample_loop(model.unets[0], (1, *shape), noise_scheduler=model.noise_schedulers[0],
+                                     inpaint_images=known, inpaint_masks=mask, inpaint_resample_times=3,
+                                     pred_objective="v", use_tqdm=False)
+    monkeypatch.undo()
+
+    class Fixed(TileNoise):
+        def __call__(self, shape, only=None):
+            return fixed.clone() if only is None or only[0] else torch.zeros_like(fixed)
+
+    predict = x0_predictor(ImagenDenoiser(model.unets[0]), "v")
+    ours = LOOPS["imagen"](predict, shape, Fixed([0]), log_snr=cosine_log_snr, steps=6,
+                           step=SAMPLERS["ancestral-imagen"].step, known=known * 2 - 1,
+                           mask=mask[:, None], resample=3, threshold=0.95)
+    assert torch.allclose(ours * 0.5 + 0.5, theirs, atol=1e-5)
+    repaint = sample(predict, shape, Fixed([0]), log_snr=cosine_log_snr, steps=6, known=known * 2 - 1,
+                     mask=mask[:, None], resample=3, threshold=0.95)
+    assert (repaint * 0.5 + 0.5 - theirs).abs().max() > 1e-2  # RePaint's loop is another
