@@ -1,4 +1,4 @@
-"""Background-tile skipping (the paper's rule): no diffusion where the parent shows no tissue.
+"""Background-tile skipping: no diffusion where the parent shows no tissue.
 
 The authors' rule, on the parent conditioning window: tissue = hue > 0.5 and saturation > 0.02
 (HSV in [0, 1]), eroded with a 5x5 square, dilated with a 51x51 square (sizes for 1024 px
@@ -12,9 +12,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from PIL import Image
 
 from .errors import LazySlideError
 from .wsi import to_hsv
+
+#: Which levels skip background tiles (``BackgroundRule.levels``).
+LEVELS = ("every", "deepest")
+#: PIL resampling filters by the name ``BackgroundRule.fill`` uses.
+FILLS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+#: Fields added after the first models, left out of a config at these values.
+_IMPLICIT = {"fill_blur": 0.0, "levels": "every", "fill": "bicubic"}
 
 
 @dataclass(frozen=True)
@@ -26,11 +34,22 @@ class BackgroundRule:
     dilate: int = 51
     enabled: bool = True
     #: Gaussian blur radius (parent pixels) applied to the parent before it is upscaled into a
-    #: background tile. 0 (the paper's fill, and every model's before this existed): the parent's
+    #: background tile. 0 (the authors' fill, and every model's before this existed): the parent's
     #: own pixel noise, magnified, next to generated glass that is smooth, a patchwork of tiles.
     fill_blur: float = 0.0
+    #: at which levels tiles are skipped: ``every`` level >= 1 (every model's before this
+    #: existed) or only the ``deepest`` (the paper's and the authors': levels 1 to L-2 are
+    #: diffused wherever they are)
+    levels: str = "every"
+    #: how the parent is upscaled into a skipped tile: ``bicubic`` or ``bilinear`` (the authors')
+    fill: str = "bicubic"
 
     def __post_init__(self) -> None:
+        if self.levels not in LEVELS:
+            raise LazySlideError(f"background levels must be one of {', '.join(LEVELS)}, "
+                                 f"got {self.levels!r}")
+        if self.fill not in FILLS:
+            raise LazySlideError(f"background fill must be one of {', '.join(FILLS)}, got {self.fill!r}")
         if not (0 <= self.hue_min <= 1 and 0 <= self.sat_min <= 1):
             raise LazySlideError(f"background thresholds must be in [0, 1]: {self}")
         if self.erode < 1 or self.dilate < 1:
@@ -42,9 +61,14 @@ class BackgroundRule:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        if not self.fill_blur:  # absent at its old value: old models keep their fingerprints
-            del d["fill_blur"]
+        for name, old in _IMPLICIT.items():  # absent at their old values: old models keep
+            if d[name] == old:               # their fingerprints
+                del d[name]
         return d
+
+    def skips(self, level: int, levels: int) -> bool:
+        """Whether tiles of ``level`` (of a pyramid of ``levels``) with no tissue are skipped."""
+        return self.enabled and level >= 1 and (self.levels == "every" or level == levels - 1)
 
     @classmethod
     def from_dict(cls, d: dict) -> BackgroundRule:

@@ -33,6 +33,13 @@ DEFAULT_CONDITIONING = "window"
 
 #: inpainting mode -> channels it adds to the conditioning image (where a level inpaints)
 INPAINTING: dict[str, int] = {"repaint": 0, "trained": 4}
+#: How a cascade stage's images (targets, the previous stage's output, the parent window) go
+#: to its resolution, as (down, up) modes of ``F.interpolate`` (a model config's
+#: ``resampling``). ``area``: each pixel the mean of what it covers. ``nearest``: imagen-pytorch's
+#: ``resize_image_to``, how the authors trained and sampled (a 1024 px window seen at 64 px is
+#: every 16th pixel).
+RESAMPLING: dict[str, tuple[str, str]] = {"area": ("area", "nearest"), "nearest": ("nearest", "nearest")}
+DEFAULT_RESAMPLING = "area"
 DEFAULT_INPAINTING = "repaint"
 
 #: A footprint: (x0, y0, x1, y1) in window pixels.
@@ -54,6 +61,15 @@ def inpainting(config: dict) -> str:
     if name not in INPAINTING:
         raise ModelError(f"model config: unknown inpainting {name!r}; choose from "
                          f"{', '.join(INPAINTING)}")
+    return name
+
+
+def resampling(config: dict) -> str:
+    """The model config's resampling between resolutions (absent: ``area``)."""
+    name = config.get("resampling", DEFAULT_RESAMPLING)
+    if name not in RESAMPLING:
+        raise ModelError(f"model config: unknown resampling {name!r}; choose from "
+                         f"{', '.join(RESAMPLING)}")
     return name
 
 
@@ -105,12 +121,12 @@ def to_uint8(x: Tensor) -> np.ndarray:
     return x.to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def resize(x: Tensor, size: int) -> Tensor:
-    """Area-average down (or nearest up) to ``size`` x ``size``."""
+def resize(x: Tensor, size: int, resampling: str = DEFAULT_RESAMPLING) -> Tensor:
+    """To ``size`` x ``size`` by ``RESAMPLING[resampling]`` (down, up)."""
     if x.shape[-1] == size:
         return x
-    mode = "area" if size < x.shape[-1] else "nearest"
-    return F.interpolate(x, size=(size, size), mode=mode)
+    down, up = RESAMPLING[resampling]
+    return F.interpolate(x, size=(size, size), mode=down if size < x.shape[-1] else up)
 
 
 def centred_footprint(window: int, scale: float) -> Footprint:
@@ -133,11 +149,12 @@ def crop_resize(x: Tensor, boxes: Sequence[Footprint], size: int) -> Tensor:
 
 
 def cond_image(windows: Sequence[np.ndarray] | np.ndarray, size: int, mode: str = DEFAULT_CONDITIONING,
-               footprints: Sequence[Footprint] | None = None) -> Tensor:
+               footprints: Sequence[Footprint] | None = None,
+               resampling_: str = DEFAULT_RESAMPLING) -> Tensor:
     """Parent conditioning windows as a unet of resolution ``size`` takes them.
 
-    Built at the window's own resolution, then area-resized to ``size``, so training (which
-    builds it once and resizes per stage) and sampling see the same numbers. ``footprints``:
+    Built at the window's own resolution, then resized to ``size`` (``resampling_``), so
+    training (which builds it once and resizes per stage) and sampling see the same numbers. ``footprints``:
     each tile's box in its window (default: centred, as training pairs are cut).
     """
     w = to_model_space(windows)
@@ -147,4 +164,4 @@ def cond_image(windows: Sequence[np.ndarray] | np.ndarray, size: int, mode: str 
         w = torch.cat([w, crop_resize(w, footprints, w.shape[-1])], dim=1)
     elif mode not in CONDITIONING:
         raise ModelError(f"unknown conditioning {mode!r}")
-    return resize(w, size)
+    return resize(w, size, resampling_)

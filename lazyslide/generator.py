@@ -18,12 +18,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
+from .background import FILLS
 from .blending import BLENDS
 from .conditioning import (
     centred_footprint,
     cond_image,
     conditioning,
     known_image,
+    resampling,
     resize,
     subsample_mask,
     to_model_space,
@@ -96,7 +98,7 @@ def generate(model: URCDM, jobs: Sequence[TileJob], *, unet_level: int | None = 
     if (windows is not None) != (unet_level > 0):
         raise ValueError(f"level {unet_level}'s unets {'need' if unet_level else 'take no'} parent windows")
 
-    mode = conditioning(model.config)
+    mode, resample_mode = conditioning(model.config), resampling(model.config)
     footprints = None
     if windows is not None:
         centred = centred_footprint(t, float(geom.scale(level)))
@@ -108,7 +110,7 @@ def generate(model: URCDM, jobs: Sequence[TileJob], *, unet_level: int | None = 
         stage = Stage.from_config(model.config, index, sampling)
         noise = TileNoise([derive_seed("tile", j.seed, *j.tile, index) for j in jobs], device)
         known_s, mask_s = resize(known, size), subsample_mask(mask, size)
-        conds = [cond_image(windows, size, mode, footprints)] if windows is not None else []
+        conds = [cond_image(windows, size, mode, footprints, resample_mode)] if windows is not None else []
         if trained:  # the known pixels as the unet was trained to take them (``known_image``),
             # or zero as in its samples without a mask (``SamplingConfig.known_channels``)
             shown = mask_s if sampling.known_channels else torch.zeros_like(mask_s)
@@ -117,7 +119,7 @@ def generate(model: URCDM, jobs: Sequence[TileJob], *, unet_level: int | None = 
             counted(model.denoiser(unet_level, index), evaluations, level),
             noise,
             size,
-            lowres=None if x is None else resize(x, size),
+            lowres=None if x is None else resize(x, size, resample_mode),
             cond=torch.cat(conds, dim=1).to(device) if conds else None,
             known=known_s,
             mask=mask_s,
@@ -141,7 +143,7 @@ def fill_background(model: URCDM, job: TileJob) -> np.ndarray:
     window = Image.fromarray(job.window)
     if model.background.fill_blur:
         window = window.filter(ImageFilter.GaussianBlur(model.background.fill_blur))
-    up = window.resize((t, t), Image.Resampling.BICUBIC, box=job.footprint)
+    up = window.resize((t, t), FILLS[model.background.fill], box=job.footprint)
     pixels = np.array(up)
     blend = model.sampling.for_level(job.tile.level).blend
     if blend != "replace" and job.mask.any():

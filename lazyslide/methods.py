@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .errors import LazySlideError
 from .geometry import Geometry, TileId
-from .plan import OutpaintPlan, ParityPlan, Plan
+from .plan import OutpaintPlan, ParityPlan, Plan, RasterPlan
 from .store import tile_key
 
 
@@ -43,6 +43,9 @@ class Method:
 
 METHODS: dict[str, Method] = {
     "urcdm": Method("urcdm", "the cascade of magnification levels (URCDM, default)", ParityPlan()),
+    "urcdm-raster": Method(
+        "urcdm-raster", "URCDM in the authors' tile order: raster inpainting at every level (a "
+        "tile needs every tile before it on its level; not lazy)", RasterPlan(), parallel=False),
     "outpaint": Method(
         "outpaint", "the paper's baseline: raster outpainting of the deepest level with level "
         "0's unconditional cascade", OutpaintPlan(), deepest_only=True, unet_level=0,

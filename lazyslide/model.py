@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .background import BackgroundRule
-from .conditioning import conditioning, inpainting
+from .conditioning import conditioning, inpainting, resampling
 from .errors import ModelError
 from .geometry import Geometry, GeometryError, preset
 from .networks import Denoiser, architecture, build_unet
@@ -38,16 +38,18 @@ DEMO_MODEL_DIR = Path(__file__).parent / "models" / "demo"
 _COMMON = dict(layer_cross_attns=False, attn_heads=2, attn_dim_head=16)
 #: Unet architectures per preset and cascade stage (the same at every level).
 UNETS: dict[str, list[dict[str, Any]]] = {
-    # The authors' configs (urcdm-method.md). No text, so no cross-attention is possible; the
-    # third unet's cross-attention at the last stage is replaced by nothing.
+    # The authors' ``unet_generator`` (scechnicka/URCDM scripts/train.py), argument for argument.
+    # Without text, imagen-pytorch's cross-attention attends to the unet's time tokens, so it is
+    # part of their network; attention heads and head size are imagen's defaults (8, 64).
     "paper": [
         dict(dim=256, dim_mults=[1, 2, 3, 4], num_resnet_blocks=3,
-             layer_attns=[False, True, True, True], layer_cross_attns=False),
-        dict(dim=128, dim_mults=[1, 2, 4, 8], num_resnet_blocks=2,
-             layer_attns=[False, False, False, True], layer_cross_attns=False,
-             memory_efficient=True),
-        dict(dim=128, dim_mults=[1, 2, 4, 8], num_resnet_blocks=[2, 4, 6, 8],
-             layer_attns=False, layer_cross_attns=False),
+             layer_attns=[False, True, True, True], layer_cross_attns=[False, True, True, True]),
+        dict(dim=128, dim_mults=[1, 2, 4, 8], num_resnet_blocks=2, memory_efficient=True,
+             layer_attns=[False, False, False, True], layer_cross_attns=[False, False, True, True],
+             init_conv_to_final_conv_residual=True),
+        dict(dim=128, dim_mults=[1, 2, 4, 8], num_resnet_blocks=[2, 4, 6, 8], memory_efficient=True,
+             layer_attns=False, layer_cross_attns=[False, False, False, True],
+             init_conv_to_final_conv_residual=True),
     ],
     # Sized so the nine unets fit the bundled demo model's 25 MB (fp16) and train on a CPU.
     "demo": [
@@ -63,6 +65,8 @@ UNETS: dict[str, list[dict[str, Any]]] = {
         for _ in range(3)
     ],
 }
+#: Prediction objectives per cascade stage where a preset departs from v everywhere.
+OBJECTIVES: dict[str, list[str]] = {"paper": ["noise", "v", "v"]}
 #: Noise schedules per cascade stage where a preset departs from imagen's (cosine, cosine,
 #: linear). The demo's last stage trains for minutes: under the linear schedule it saw few
 #: low-noise steps and left visible noise (x0 error at t = 0.125 twenty times that of the
@@ -73,9 +77,28 @@ SCHEDULES_PER_PRESET: dict[str, list[str]] = {"demo": ["cosine", "cosine", "cosi
 #: level-1 unets put tissue where level 0 shows glass (IoU 0.55, 36 % of tissue over parent glass;
 #: with it, after fine-tuning: 0.96 and 2 %, MODEL_CARD.md).
 CONDITIONING_PER_PRESET: dict[str, str] = {"demo": "window+footprint"}
+#: Named ways to sample any model (``--sampling-preset``): its sampling and background rule.
+SAMPLING_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # The authors' (jameshball/kidney-diffusion sample_ultra_res.py over imagen-pytorch): imagen's
+    # sampler and inpainting loop at its full timesteps, RePaint resamples R = 5 (their script
+    # takes R from its command line without a default and the paper states none; 5 is imagen's
+    # own default), known pixels put back as they are, background skipped at the deepest level
+    # only and filled with the bilinearly upscaled parent.
+    "paper": {
+        "sampling": dict(sampler="ancestral-imagen", loop="imagen", steps=[1024, 256, 256],
+                         resample=[5, 5, 5], threshold=0.95, blend="replace", levels={}),
+        "background": dict(hue_min=0.5, sat_min=0.02, erode=5, dilate=51, enabled=True,
+                           fill_blur=0.0, levels="deepest", fill="bilinear"),
+    },
+}
+#: Background rules where a preset departs from ``BackgroundRule()``.
+BACKGROUND: dict[str, dict[str, Any]] = {"paper": SAMPLING_PRESETS["paper"]["background"]}
+#: How images go between resolutions, where a preset departs from area averaging
+#: (``conditioning.RESAMPLING``): the authors' imagen-pytorch resizes with nearest neighbours.
+RESAMPLING_PER_PRESET: dict[str, str] = {"paper": "nearest"}
 #: Sampling defaults per preset: steps and RePaint resamples per cascade stage.
 SAMPLING: dict[str, dict[str, Any]] = {
-    "paper": dict(steps=[128, 64, 64], resample=[3, 3, 3], threshold=0.95),
+    "paper": SAMPLING_PRESETS["paper"]["sampling"],
     "demo": dict(steps=[16, 8, 8], resample=[2, 2, 2], threshold=0.95),
     "test": dict(steps=[4, 2, 2], resample=[2, 2, 2], threshold=0.95),
 }
@@ -89,19 +112,20 @@ def default_config(preset_name: str) -> dict[str, Any]:
         "preset": preset_name,
         "geometry": geom.to_dict(),
         "unets": [copy.deepcopy(UNETS[preset_name]) for _ in geom.canvases],
-        # imagen-pytorch's Imagen defaults (cosine, cosine, linear; lowres aug 'linear' at 0.2),
-        # with the v objective everywhere (paper).
+        # imagen-pytorch's Imagen defaults (cosine, cosine, linear; lowres aug 'linear' at 0.2);
+        # objectives noise, v, v (the authors'), v everywhere for the other presets.
         "diffusion": {
-            "objectives": ["v"] * len(geom.cascade),
+            "objectives": list(OBJECTIVES.get(preset_name, ["v"] * len(geom.cascade))),
             "schedules": list(SCHEDULES_PER_PRESET.get(
                 preset_name, (["cosine", "cosine"] + ["linear"] * len(geom.cascade))[: len(geom.cascade)])),
             "lowres_noise_schedule": "linear",
             "lowres_noise_level": 0.2,
         },
-        "sampling": copy.deepcopy(SAMPLING[preset_name]),
-        "background": BackgroundRule().to_dict(),
+        "sampling": SamplingConfig.from_dict(SAMPLING[preset_name]).to_dict(),
+        "background": BackgroundRule(**BACKGROUND.get(preset_name, {})).to_dict(),
     } | ({"conditioning": CONDITIONING_PER_PRESET[preset_name]}
-         if preset_name in CONDITIONING_PER_PRESET else {})
+         if preset_name in CONDITIONING_PER_PRESET else {}) \
+      | ({"resampling": RESAMPLING_PER_PRESET[preset_name]} if preset_name in RESAMPLING_PER_PRESET else {})
 
 
 def file_name(level: int, stage: int) -> str:
@@ -238,6 +262,25 @@ class URCDM:
         model._unets = unets
         return model.to(self.device)
 
+    def with_background(self, **changes: Any) -> URCDM:
+        """The same weights with another background rule (``BackgroundRule`` fields): a
+        different fingerprint, as ``with_sampling``."""
+        rule = BackgroundRule.from_dict({**self.background.to_dict(), **changes})
+        config = copy.deepcopy(self.config)
+        config["background"] = rule.to_dict()
+        with self._lock:
+            state, unets = dict(self._state), dict(self._unets)
+        model = URCDM(config, state, init_seed=self._init_seed, source=self.source)
+        model._unets = unets
+        return model.to(self.device)
+
+    def with_sampling_preset(self, name: str) -> URCDM:
+        """The same weights sampled as ``SAMPLING_PRESETS[name]`` says (sampling and background)."""
+        if name not in SAMPLING_PRESETS:
+            raise ModelError(f"unknown sampling preset {name!r}; choose from {', '.join(SAMPLING_PRESETS)}")
+        preset_ = SAMPLING_PRESETS[name]
+        return self.with_sampling(**preset_["sampling"]).with_background(**preset_["background"])
+
     def with_sampling_steps(self, steps: list[int]) -> URCDM:
         """``with_sampling(steps=steps)``: other step counts per cascade stage."""
         return self.with_sampling(steps=list(steps))
@@ -333,6 +376,7 @@ class URCDM:
                                  f"step counts (the model has {n_levels} levels of {n_stages} stages)")
         architecture(c)  # a known architecture
         conditioning(c)  # a known conditioning
+        resampling(c)  # a known resampling
         if inpainting(c) != "trained" and not all(  # a known inpainting mode, with its channels
                 self._sampling.for_level(lv).known_channels for lv in range(n_levels)):
             raise ModelError("sampling known_channels: only a model with trained inpainting has "

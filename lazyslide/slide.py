@@ -255,7 +255,9 @@ def produce(items: list[tuple[Slide, TileId]], progress: Progress | None = None)
     bytes never depend on how many tiles were ready with it. Returns each tile's kind.
     """
     jobs = [slide._job(t) for slide, t in items]
-    background = [j.window is not None and not slide._has_tissue(j)
+    background = [j.window is not None
+                  and slide.model.background.skips(j.tile.level, slide.model.geometry.levels)
+                  and not slide._has_tissue(j)
                   for (slide, _), j in zip(items, jobs, strict=True)]
     diffuse = [j for j, bg in zip(jobs, background, strict=True) if not bg]
     first = items[0][0] if items else None

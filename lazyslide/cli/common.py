@@ -14,11 +14,18 @@ STEPS_HELP = ("sampling steps per cascade stage, e.g. 16,8,8 (default: the model
 
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
-    """--sampler, --sampling-steps, --resample, --known-channels, --blend, --level-sampling: the
+    """--sampling-preset, --sampler, --sampling-steps, --resample, --known-channels, --blend,
+    --loop, --level-sampling: the
     same weights sampled otherwise (another fingerprint, so the tiles are stored apart)."""
     from ..blending import BLENDS
-    from ..sampler import SAMPLERS
+    from ..model import SAMPLING_PRESETS
+    from ..sampler import LOOPS, SAMPLERS
 
+    parser.add_argument("--sampling-preset", choices=list(SAMPLING_PRESETS),
+                        help="a named way to sample (sampling and background rule), applied "
+                        "before the options below: paper = the authors' (imagen's ancestral "
+                        "sampler and inpainting loop, 1024,256,256 steps, 5 resamples, "
+                        "background skipped at the deepest level only)")
     parser.add_argument("--sampler", choices=list(SAMPLERS),
                         help="sampler family (default: the model's)")
     parser.add_argument("--sampling-steps", help=STEPS_HELP)
@@ -33,11 +40,16 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
                         help="how an inpainted tile's generated pixels meet its neighbours' after "
                         "the last step: replace (put the known pixels back, RePaint) or poisson "
                         "(also blend the seam away, gradient-domain) (default: the model's)")
+    parser.add_argument("--loop", choices=list(LOOPS),
+                        help="the inpainting loop: repaint (RePaint's: known pixels replaced "
+                        "after each step, forward-process jumps) or imagen (imagen-pytorch's, "
+                        "as the authors sampled) (default: the model's)")
     parser.add_argument("--level-sampling", action="append",
                         metavar="LEVEL=SAMPLER:STEPS:RESAMPLE[:OPTION...]",
                         help="how one magnification level samples, e.g. 0=ancestral:64,32,32:1 or "
                         "2=ancestral:16,16,16:1:no-channels:poisson (options: channels, "
-                        "no-channels, a blend; repeatable; replaces the model's per-level settings)")
+                        "no-channels, a blend, loop-repaint, loop-imagen; repeatable; replaces "
+                        "the model's per-level settings)")
 
 
 def add_batch_option(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +68,8 @@ def add_method_option(parser: argparse.ArgumentParser) -> None:
 
 
 #: ``--batch-size`` where a command that takes it runs on a GPU and none is given. On one H200
-#: (bench/gpu_cost.py, 2026-11-28) the paper preset's inpainted tile took 6.02 s at batch 1 and
+#: (bench/gpu_cost.py, 2026-11-28) the paper preset's inpainted tile (its unets before they had
+#: the authors' cross-attention, at 48 evaluations) took 6.02 s at batch 1 and
 #: 4.87 s per tile at batch 4; at batch 8 its 1024 px stage ran out of memory. On the CPU, 1.
 GPU_BATCH = 4
 
@@ -76,6 +89,8 @@ def load_model(spec: str, device: str | None = None, sampling: argparse.Namespac
     except (RuntimeError, AssertionError) as e:
         raise LazySlideError(f"device {device!r} is not usable here: {str(e).splitlines()[0]}") from None
     model = URCDM.from_spec(spec).to(device)
+    if getattr(sampling, "sampling_preset", None):
+        model = model.with_sampling_preset(sampling.sampling_preset)
     overrides = sampling_overrides(sampling, len(model.sampling.steps))
     if sampling is not None and hasattr(sampling, "batch_size") and sampling.batch_size is None \
             and str(device).startswith("cuda"):
@@ -115,6 +130,8 @@ def sampling_overrides(sampling: argparse.Namespace | None, stages: int) -> dict
         overrides["known_channels"] = sampling.known_channels == "on"
     if getattr(sampling, "blend", None):
         overrides["blend"] = sampling.blend
+    if getattr(sampling, "loop", None):
+        overrides["loop"] = sampling.loop
     levels = {}
     for text in getattr(sampling, "level_sampling", None) or []:
         level, _, spec = text.partition("=")

@@ -28,6 +28,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     info = sub.add_parser("info", help="geometry, parameter counts and fingerprint of a model")
     info.add_argument("--model", required=True, help=MODEL_HELP)
     info.add_argument("--json", action="store_true", help="print one JSON object")
+    add_sampling_options(info)
     info.set_defaults(func=cmd_info)
 
     tile = sub.add_parser("tile", help="generate one tile (and what it depends on)")
@@ -118,7 +119,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from ..conditioning import conditioning, inpainting, trained_inpainting
     from ..networks import DEFAULT_ARCHITECTURE
 
-    model = load_model(args.model)
+    model = load_model(args.model, "cpu", args)
     g = model.geometry
     counts = model.param_counts()
     info = {
@@ -134,6 +135,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             for k, c in enumerate(g.canvases)
         ],
         "sampling": model.config["sampling"],
+        "background": model.config["background"],
         "conditioning": conditioning(model.config),
         "inpainting": inpainting(model.config),
         "architecture": model.config.get("architecture", DEFAULT_ARCHITECTURE),
@@ -157,8 +159,13 @@ def cmd_info(args: argparse.Namespace) -> int:
             cost += f", known-pixel channels {'on' if s.known_channels else 'off'}"
         if g.grid(level) > 1:
             cost += f", blend {s.blend}"
-        print(f"sampling L{level}  {s.sampler}, steps {list(s.steps)}, RePaint resamples "
+        loop = "" if s.loop == "repaint" else f", {s.loop} loop"
+        print(f"sampling L{level}  {s.sampler}{loop}, steps {list(s.steps)}, RePaint resamples "
               f"{list(s.resample)}: {cost}")
+    rule = model.background
+    where = "every level >= 1" if rule.levels == "every" else "the deepest level"
+    blur = f", blur {rule.fill_blur}" if rule.fill_blur else ""
+    print(f"background   {f'skipped at {where}, {rule.fill} fill{blur}' if rule.enabled else 'off'}")
     print(f"conditioning {info['conditioning']}\ninpainting   {info['inpainting']}")
     print(f"network      {info['architecture']}, {info['total_params'] / 1e6:.2f}M parameters")
     return 0

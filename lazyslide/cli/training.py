@@ -74,7 +74,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                      "paper's 0.02; raise it when generated glass is tinted above that)")
     asm.add_argument("--background-blur", type=float,
                      help="Gaussian blur radius in parent pixels before the parent is upscaled "
-                     "into a background tile (default 0, the paper's fill; smooth generated glass "
+                     "into a background tile (default 0, as the authors'; smooth generated glass "
                      "next to the parent's magnified pixel noise shows the tile grid)")
     asm.add_argument("--architecture", choices=list(ARCHITECTURES),
                      help=f"how the unets are built and run (default: {DEFAULT_ARCHITECTURE}); entries "
@@ -160,12 +160,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_assemble(args: argparse.Namespace) -> int:
+    from ..model import SAMPLING_PRESETS
     from ..training.assemble import assemble, describe
     from ..training.trainer import run_summary
 
     stages = len(run_summary(args.runs[0])["model"]["sampling"]["steps"])  # runs: nargs="+"
+    named = SAMPLING_PRESETS.get(args.sampling_preset or "", {})
     model = assemble(args.runs, args.output, dtype=args.dtype, overwrite=args.overwrite,
-                     sampling=sampling_overrides(args, stages), background_sat=args.background_sat,
+                     sampling={**named.get("sampling", {}), **sampling_overrides(args, stages)},
+                     background=named.get("background"), background_sat=args.background_sat,
                      background_blur=args.background_blur, architecture=args.architecture)
     print(f"{describe(args.output)}; fingerprint {model.fingerprint}")
     return 0

@@ -22,7 +22,7 @@ from .trainer import MODEL_KEYS, TrainError, run_summary
 def assemble(runs: Sequence[str | Path], out: str | Path, *, dtype: str = "float32",
              overwrite: bool = False, sampling: Mapping[str, Any] | None = None,
              background_sat: float | None = None, background_blur: float | None = None,
-             architecture: str | None = None) -> URCDM:
+             architecture: str | None = None, background: Mapping[str, Any] | None = None) -> URCDM:
     """Build a model folder from one run per (level, unet); all must share one model config.
 
     ``dtype="float16"`` halves the files (the bundled demo model); weights load back into
@@ -34,6 +34,7 @@ def assemble(runs: Sequence[str | Path], out: str | Path, *, dtype: str = "float
     ``fill_blur`` (the parent blurred before it fills a background tile). ``architecture``
     names the ``networks.ARCHITECTURES`` entry the model is built and run with (one with the
     runs' parameters; the default entry is left out of the config, as models before it had it).
+    ``background``: ``BackgroundRule`` fields, applied before the two options above.
     """
     out = Path(out)
     if (out / "config.json").exists() and not overwrite:
@@ -98,6 +99,11 @@ def assemble(runs: Sequence[str | Path], out: str | Path, *, dtype: str = "float
             config["sampling"] = SamplingConfig.from_dict({**config["sampling"], **sampling}).to_dict()
         except ModelError as e:
             raise TrainError(str(e)) from None
+    if background:
+        try:
+            config["background"] = BackgroundRule.from_dict({**config["background"], **background}).to_dict()
+        except LazySlideError as e:
+            raise TrainError(f"background rule: {e}") from None
     for option, key, value in (("--background-sat", "sat_min", background_sat),
                                ("--background-blur", "fill_blur", background_blur)):
         if value is None:

@@ -89,6 +89,8 @@ class PairDataset:
         self.conditioning = conditioning
         #: trained inpainting: the plan whose known-pixel masks the unets learn (None: RePaint)
         self.inpainting = inpainting
+        #: how images go between resolutions (``conditioning.RESAMPLING``)
+        self.resampling = "area"
         if str(level) not in self.manifest["levels"]:
             have = ", ".join(sorted(self.manifest["levels"])) or "none"
             raise DatasetError(f"{folder} has no level {level} pairs (levels prepared: {have})")
@@ -125,15 +127,17 @@ class PairDataset:
         w = None
         if self.windows is not None:  # at the window's resolution; resized per stage below
             footprint = centred_footprint(g.tile, float(g.scale(self.level)))
-            w = cond_image(self.windows[idx], g.tile, self.conditioning, [footprint] * len(idx))
+            w = cond_image(self.windows[idx], g.tile, self.conditioning, [footprint] * len(idx),
+                           self.resampling)
         if augment:
             ks = torch.randint(8, (len(idx),), generator=generator).tolist()
             x = torch.stack([dihedral(xi, k) for xi, k in zip(x, ks, strict=True)])
             if w is not None:
                 w = torch.stack([dihedral(wi, k) for wi, k in zip(w, ks, strict=True)])
-        x0 = resize(x, size)
-        lowres = resize(resize(x, g.cascade[stage - 1]), size) if stage > 0 else None
-        conds = [resize(w, size)] if w is not None else []
+        r = self.resampling
+        x0 = resize(x, size, r)
+        lowres = resize(resize(x, g.cascade[stage - 1], r), size, r) if stage > 0 else None
+        conds = [resize(w, size, r)] if w is not None else []
         masks = None
         if self.inpainting is not None:
             n = g.grid(self.level)

@@ -37,7 +37,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from ..conditioning import CONDITIONING, INPAINTING, cond_channels, to_uint8, trained_inpainting
+from ..conditioning import CONDITIONING, INPAINTING, cond_channels, resampling, to_uint8, trained_inpainting
 from ..conditioning import conditioning as conditioning_of
 from ..errors import LazySlideError
 from ..methods import METHODS
@@ -52,7 +52,7 @@ from .objective import diffusion_loss
 RUN_FORMAT = "lazyslide-run/1"
 #: The parts of the model config a run records (all runs of one model must agree on them).
 MODEL_KEYS = ("format", "preset", "geometry", "diffusion", "sampling", "background", "conditioning",
-              "inpainting")
+              "inpainting", "resampling")
 #: Random crop size per cascade stage while training (None = whole images), per preset.
 CROPS: dict[str, list[int | None]] = {
     "paper": [None, None, 256],  # the authors' third unet trains on 256 px crops
@@ -117,6 +117,7 @@ class Trainer:
                                  f"got {inpainting!r}")
             model_cfg["inpainting"] = inpainting
         self.dataset.conditioning = conditioning_of(model_cfg)
+        self.dataset.resampling = resampling(model_cfg)
         if trained_inpainting(model_cfg, level):  # the masks of the plan the slide uses
             self.dataset.inpainting = METHODS["urcdm"].plan
         n_stages = len(self.dataset.geometry.cascade)
