@@ -15,7 +15,8 @@ dependency), and the table gives:
 - seconds per inpainted tile on this machine: ``generate`` timed on the same ``--time-tiles``
   level-2 jobs (the known pixels and parent window of the baseline's inpainted block tiles) for
   every row, one tile per call as the slide makes them, so a stored row is timed too;
-- seam score over the inpainted tiles (``lazyslide.evaluation.seams``; 1 = invisible);
+- seam score over the inpainted tiles (``lazyslide.evaluation.seams``; 1 = invisible), and
+  the seam KID no blend can game (seam-centred vs interior crops, real tissue's value beside);
 - FID at levels 1 and 2 to real patches at the same um/px (demo_quality's protocol and real
   patches, the same n in every row).
 
@@ -24,7 +25,7 @@ Rows that cost fewer evaluations than the baseline at no worse FID (both levels)
 tiles are kept apart and a rerun reuses them.
 
     .venv/bin/python bench/sampling.py [--model demo] [--seeds 4] [--block 3] \\
-        [--data data/demo-dataset] [--store DIR] [--baseline ancestral:64,32,32:3] \\
+        [--data data/demo-dataset] [--store DIR] [--baseline paper | ancestral:64,32,32:3] \\
         [--row ddim:16,16,16:1 ...] [--row data/other-model@dpmpp-2m:16,16,16:1 ...]
 
 Large counts on a GPU, where the FID weights cannot travel: make the tiles there and measure
@@ -37,6 +38,7 @@ computes FID here and prints the table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -52,9 +54,11 @@ from lazyslide import URCDM, Slide  # noqa: E402
 from lazyslide.errors import ModelError  # noqa: E402
 from lazyslide.evaluation.features import InceptionFeatures  # noqa: E402
 from lazyslide.evaluation.fid import fid, fid_bootstrap  # noqa: E402
+from lazyslide.evaluation.kid import kid  # noqa: E402
 from lazyslide.evaluation.samples import block_tiles, ensure_many, level_patches  # noqa: E402
-from lazyslide.evaluation.seams import known_mask, seam_ratio, seam_sums  # noqa: E402
+from lazyslide.evaluation.seams import known_mask, seam_crops, seam_ratio, seam_sums  # noqa: E402
 from lazyslide.generator import TileJob, generate  # noqa: E402
+from lazyslide.model import SAMPLING_PRESETS  # noqa: E402
 from lazyslide.sampler import parse_sampling  # noqa: E402
 from lazyslide.store import MemoryStore, TileStore  # noqa: E402
 
@@ -125,7 +129,7 @@ def measure(model: URCDM, seeds: list[int], block: int, store, batch_size: int =
         ensure_many(slides, [s.geometry.tiles(0) for s in slides])
         ensure_many(slides, [block_tiles(s, 1, block) + block_tiles(s, 2, block) for s in slides])
     tiles = {lv: level_patches(slides, lv, block) for lv in (1, 2)}
-    inpainted, masks = [], []
+    inpainted, masks, by_level = [], [], {1: [], 2: []}
     for slide in slides:
         for level in (1, 2):
             for t in block_tiles(slide, level, block):
@@ -133,6 +137,8 @@ def measure(model: URCDM, seeds: list[int], block: int, store, batch_size: int =
                 if mask.any():
                     inpainted.append(slide.tile(*t))  # stored by level_patches
                     masks.append(mask)
+                    by_level[level].append(mask)
+    seam, interior = seam_crops(inpainted, masks, 2 * model.geometry.overlap)
     made = sum(s.generated[lv] for s in slides for lv in (1, 2))
     evals = sum(s.unet_evaluations[lv] for s in slides for lv in (1, 2))
     return {
@@ -141,6 +147,8 @@ def measure(model: URCDM, seeds: list[int], block: int, store, batch_size: int =
         "evals_per_tile": evals / made if made else float("nan"),
         "generated": made,
         "seam": seam_sums(inpainted, masks),
+        "seam_crops": (seam, interior),
+        "masks": by_level,
     }
 
 
@@ -162,6 +170,10 @@ def save_tiles(folder: Path, results: dict, meta: dict) -> None:
             Image.fromarray(grid.reshape(-1, MOSAIC_COLUMNS * t, 3)).save(
                 folder / f"row{i}_level{lv}.webp", lossless=True, quality=100, method=4)
             counts[lv] = n
+        np.savez_compressed(folder / f"row{i}_seams.npz", seam=r["seam_crops"][0],
+                            interior=r["seam_crops"][1],
+                            **{f"masks{lv}": np.array(r["masks"][lv], bool).reshape(-1, *tiles.shape[1:3])
+                               for lv in (1, 2)})
         rows.append({"name": name, "counts": counts, **{k: r[k] for k in (
             "evals_inpainted", "evals_per_tile", "generated", "seam", "seconds_per_tile")}})
     (folder / "meta.json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
@@ -177,6 +189,9 @@ def load_tiles(folder: Path) -> tuple[dict, dict]:
             t = grid.shape[1] // MOSAIC_COLUMNS
             tiles = grid.reshape(-1, t, MOSAIC_COLUMNS, t, 3).transpose(0, 2, 1, 3, 4).reshape(-1, t, t, 3)
             r["tiles"][lv] = list(tiles[: row["counts"][str(lv)]])
+        with np.load(folder / f"row{i}_seams.npz") as z:
+            r["seam_crops"] = (z["seam"], z["interior"])
+            r["masks"] = {lv: list(z[f"masks{lv}"]) for lv in (1, 2)}
         results[row["name"]] = r
     return results, meta
 
@@ -188,8 +203,9 @@ def main() -> None:
     p.add_argument("--block", type=int, default=3)
     p.add_argument("--data", help="prepared dataset with the model's geometry (default: prepare now)")
     p.add_argument("--store", help="tile store folder (rows are kept apart by fingerprint)")
-    p.add_argument("--baseline", help="the baseline row, SAMPLER:STEPS:RESAMPLE (default: the "
-                   "model's own sampling)")
+    p.add_argument("--baseline", help="the baseline row, SAMPLER:STEPS:RESAMPLE[:OPTION...] or a "
+                   "sampling preset (paper: the authors' sampling and background rule) (default: "
+                   "the model's own sampling)")
     p.add_argument("--row", action="append",
                    help=f"[MODEL@]SAMPLER:STEPS:RESAMPLE (default: {' '.join(DEFAULT_ROWS)})")
     p.add_argument("--time-tiles", type=int, default=6,
@@ -210,15 +226,22 @@ def main() -> None:
         fingerprint, jobs_n = made_by["fingerprint"], made_by["time_tiles"]
         seeds_n, block = made_by["seeds"], made_by["block"]
     else:
-        base = URCDM.from_spec(args.model)
+        own = URCDM.from_spec(args.model)
         if args.device:
-            base = base.to(args.device)
-        stages = len(base.sampling.steps)
-        if args.baseline:
-            base = base.with_sampling(**parse_row(args.baseline, stages))
+            own = own.to(args.device)
+        stages = len(own.sampling.steps)
+        if args.baseline in SAMPLING_PRESETS:  # e.g. paper: its sampling and background rule
+            base = own.with_sampling_preset(args.baseline)
+        elif args.baseline:
+            base = own.with_sampling(**parse_row(args.baseline, stages))
+        else:
+            base = own
         rows = [("baseline " + (args.baseline or "(the model's)"), base)]
         for text in args.row or DEFAULT_ROWS:
-            rows.append((text, row_model(base, text, stages, args.device)))
+            model = row_model(base, text, stages, args.device)
+            if "@" not in text:  # the model's own background rule, whatever the baseline's
+                model = model.with_background(**dataclasses.asdict(own.background))
+            rows.append((text, model))
         seeds = list(range(args.seeds))
         store = TileStore(args.store) if args.store else MemoryStore()
         results = {}
@@ -252,6 +275,16 @@ def main() -> None:
             r.setdefault("fid", {})[lv] = fid(real_feats[lv], feats[name][lv])
             r.setdefault("ci", {})[lv] = np.percentile(boot[:, i], [2.5, 97.5])
             r.setdefault("delta", {})[lv] = np.percentile(boot[:, i] - boot[:, 0], [2.5, 97.5])
+
+    # seams no blend can game: seam-centred against interior crops, and real patches of the
+    # same levels cut at the baseline's positions (what a generator without seams scores)
+    b0 = results[names[0]]
+    real_seam = seam_crops([*real[1], *real[2]],
+                           [b0["masks"][lv][i % len(b0["masks"][lv])] for lv in (1, 2)
+                            for i in range(len(real[lv]))], 2 * base.geometry.overlap)
+    seam_rows = {"real tissue, same positions": real_seam, **{k: r["seam_crops"] for k, r in results.items()}}
+    seam_kids = {k: kid(extract(c[0]), extract(c[1])) if min(len(c[0]), len(c[1])) >= 4 else None
+                 for k, c in seam_rows.items()}
 
     print("command: .venv/bin/python " + " ".join(sys.argv))
     if args.load_tiles:
@@ -287,6 +320,16 @@ def main() -> None:
         print(f"{name:40s}" + "".join(f"{c:>{w}s}" for c, w in zip(cells, (24, 20, 24, 20), strict=True)))
     print("an interval of the difference that holds 0 means the bench cannot tell the row from the "
           "baseline at this n")
+    print(f"\nseams: KID x 1000 between crops ({2 * base.geometry.overlap} px) centred on the "
+          "known/generated boundary of inpainted level-1 and level-2 tiles and crops of their "
+          "generated interiors (2.5-97.5 % over random halves); the real row cuts real patches "
+          "at the baseline's positions: a row within its range shows no seam the features see")
+    print(f"{'':40s}{'seam KID x 1000':>28s}{'n seam/interior':>20s}{'seam score':>12s}")
+    for name, (sc, ic) in seam_rows.items():
+        k = seam_kids[name]
+        cell = "n/a" if k is None else f"{k[0]:.2f} [{k[1]:.2f}, {k[2]:.2f}]"
+        score = seam_ratio(*results[name]["seam"]) if name in results else float("nan")
+        print(f"{name:40s}{cell:>28s}{f'{len(sc)}/{len(ic)}':>20s}{score:12.2f}")
 
 
 if __name__ == "__main__":
