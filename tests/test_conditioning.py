@@ -215,7 +215,7 @@ def test_known_channels_off_hands_the_unet_zero_channels():
     assert not level2.sampling.for_level(2).known_channels and level2.sampling.for_level(1).known_channels
     with pytest.raises(ModelError, match="only a model with trained inpainting"):
         URCDM.random("test", 0).with_sampling(known_channels=False)
-    for bad, msg in (("ancestral:2,2,2:1:maybe", "must be one of channels, no-channels, replace"),
+    for bad, msg in (("ancestral:2,2,2:1:maybe", "must be one of channels, no-channels, loop-repaint"),
                      ("ancestral:2,2,2:1:no-channels:x", "got 'x'"),
                      ("ancestral:2,2,2:1:no-channels:channels", "known_channels given twice")):
         with pytest.raises(ModelError, match=msg):

@@ -57,6 +57,12 @@ def test_evaluate_writes_the_papers_tables(tmp_path, capsys, method, small_folde
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert {r["metric"] for r in rows} >= {"pfid", "precision", "recall", "fid"}
     assert (out / "pr_by_level.png").stat().st_size > 0
+    # seams: the generated inpainted tiles' seam-vs-interior crops, real patches at the same places
+    seams = report["seams"]
+    assert set(seams) == ({"1", "2"} if method == "urcdm" else {"2"})
+    for v in seams.values():
+        assert v["generated"]["n_seam"] > 0 and v["real"]["n_seam"] > 0 and v["seam_score"] > 0
+    assert "## Inpainting seams" in md and "same positions on real tissue" in md
 
 
 def test_evaluate_bad_input(tmp_path, capsys):

@@ -176,7 +176,7 @@ def _seams(slides: Sequence, samples_by_level: dict[int, tuple[np.ndarray, np.nd
     out: dict[str, dict[str, Any]] = {}
     engine = [s for s in slides if isinstance(s, Slide)]
     for lv, (real_lv, _) in samples_by_level.items():
-        if not engine or engine[0].geometry.grid(lv) < 2:
+        if not engine or engine[0].geometry.grid(lv) < 2 or lv not in engine[0].levels:
             continue
         g = engine[0].geometry
         images, masks = [], []
