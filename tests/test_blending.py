@@ -86,9 +86,10 @@ def test_poisson_keeps_the_known_pixels_and_the_texture_and_removes_the_step():
     assert seam_score(u8(replace(raw, truth, mask)), ms) > 2
     # the boundary step is the sampler's own: like the texture's (1 would be exactly alike)
     assert 0.8 < seam_score(u8(out), ms) < 1.2
-    # one band (6 px of 48) away from the known pixels the sampler's pixels are left as drawn
+    # one band (6 px of 48) away from the known pixels the sampler's pixels are its own, shifted
+    # by the tint its whole known border showed (0.3 lighter): as drawn, in the neighbours' tint
     far = ~_within(mask.float(), 6)
-    assert torch.equal(out[far.expand_as(out)], raw.clamp(-1, 1)[far.expand_as(raw)])
+    assert torch.allclose(out[far.expand_as(out)], truth.clamp(-1, 1)[far.expand_as(raw)], atol=1e-5)
 
 
 def strip_toy(size: int = 128, strip: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,3 +230,16 @@ def test_fill_blur_is_in_the_fingerprint_only_when_set():
     for bad in (-1, 100, True, "2"):
         with pytest.raises(LazySlideError, match="fill_blur must be a radius"):
             BackgroundRule(fill_blur=bad)
+
+
+def test_poisson_ramps_between_neighbours_of_two_tints():
+    """Known strips on the left (0.1 lighter than the sampler drew) and on the right (0.1
+    darker): the tile takes a smooth ramp between them, with no step where the bands end."""
+    known, mask = strip_toy()
+    mask[..., -16:] = True
+    known[..., :16], known[..., -16:] = 0.1, -0.1
+    raw = torch.zeros_like(known)
+    out = poisson(raw, known, mask)[0, 0, 64]
+    steps = out[16:-16].diff()
+    assert float(out[16]) > 0.09 and float(out[-17]) < -0.09
+    assert float(steps.max()) <= 0 and float(steps.abs().max()) < 0.01  # monotone, gentle
