@@ -119,6 +119,22 @@ def seconds_per_tile(model: URCDM, jobs: list[TileJob]) -> float:
     return float(np.median(times)) if times else float("nan")
 
 
+def time_rows(own: URCDM, rows: list, seeds: list[int], block: int, store, k: int) -> None:
+    """``--time-only``: each row's s/tile on the same ``k`` jobs of ``own``'s level-2 blocks."""
+    for seed in seeds:
+        slide = Slide(own, seed, store)
+        slide.ensure(block_tiles(slide, 2, block))
+    jobs = timing_jobs(own, seeds, block, store, k)
+    print("command: .venv/bin/python " + " ".join(sys.argv))
+    print(f"s/tile: median of {len(jobs)} inpainted level-2 jobs of {own.source}'s own tiles, one per call")
+    base = None
+    for name, model in rows:
+        t = seconds_per_tile(model, jobs)
+        base = base or t
+        print(f"{name:48s}{model.sampling.evaluations(2):8d} evals/inpainted{t:10.2f} s/tile"
+              f"{t / base:8.2f} x", flush=True)
+
+
 def measure(model: URCDM, seeds: list[int], block: int, store, batch_size: int = 1) -> dict:
     """Tiles of the blocks (``level_patches``, as demo_quality chooses them), with cost and seam
     numbers; with ``batch_size`` > 1 made first in calls shared across seeds (``ensure_many``)."""
@@ -216,6 +232,9 @@ def main() -> None:
     p.add_argument("--save-tiles", type=Path, help="write the rows' tiles and numbers here, no FID")
     p.add_argument("--load-tiles", type=Path, help="FID and the table for tiles --save-tiles wrote")
     p.add_argument("--draws", type=int, default=200, help="bootstrap draws for the FID intervals")
+    p.add_argument("--time-only", action="store_true",
+                   help="only s/tile: every row timed on --time-tiles level-2 jobs of the model's "
+                   "own tiles (made first if the store lacks them), no tiles made per row, no FID")
     args = p.parse_args()
 
     made_by = {"command": " ".join(sys.argv)}
@@ -244,6 +263,9 @@ def main() -> None:
             rows.append((text, model))
         seeds = list(range(args.seeds))
         store = TileStore(args.store) if args.store else MemoryStore()
+        if args.time_only:
+            time_rows(own, rows, seeds, args.block, store, args.time_tiles)
+            return
         results = {}
         for name, model in rows:
             t0 = time.perf_counter()
