@@ -46,31 +46,27 @@ DEFAULT_INPAINTING = "repaint"
 Footprint = tuple[float, float, float, float]
 
 
+def _named(config: dict, key: str, registry: dict, default: str) -> str:
+    """The model config's ``key`` (absent: ``default``), one of ``registry``'s names."""
+    name = config.get(key, default)
+    if name not in registry:
+        raise ModelError(f"model config: unknown {key} {name!r}; choose from {', '.join(registry)}")
+    return name
+
+
 def conditioning(config: dict) -> str:
     """The model config's conditioning (absent: the paper's window)."""
-    name = config.get("conditioning", DEFAULT_CONDITIONING)
-    if name not in CONDITIONING:
-        raise ModelError(f"model config: unknown conditioning {name!r}; choose from "
-                         f"{', '.join(CONDITIONING)}")
-    return name
+    return _named(config, "conditioning", CONDITIONING, DEFAULT_CONDITIONING)
 
 
 def inpainting(config: dict) -> str:
     """The model config's inpainting mode (absent: the paper's RePaint)."""
-    name = config.get("inpainting", DEFAULT_INPAINTING)
-    if name not in INPAINTING:
-        raise ModelError(f"model config: unknown inpainting {name!r}; choose from "
-                         f"{', '.join(INPAINTING)}")
-    return name
+    return _named(config, "inpainting", INPAINTING, DEFAULT_INPAINTING)
 
 
 def resampling(config: dict) -> str:
     """The model config's resampling between resolutions (absent: ``area``)."""
-    name = config.get("resampling", DEFAULT_RESAMPLING)
-    if name not in RESAMPLING:
-        raise ModelError(f"model config: unknown resampling {name!r}; choose from "
-                         f"{', '.join(RESAMPLING)}")
-    return name
+    return _named(config, "resampling", RESAMPLING, DEFAULT_RESAMPLING)
 
 
 def has_neighbours(config: dict, level: int) -> bool:

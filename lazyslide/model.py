@@ -253,21 +253,18 @@ class URCDM:
         """The same weights with other sampling settings (``SamplingConfig`` fields: steps,
         resample, threshold, sampler, ..., at every level): a different fingerprint, so its tiles are stored
         apart from the original's. Built unets are shared (eval mode, frozen)."""
-        sampling = self.sampling.with_changes(**changes)
-        config = copy.deepcopy(self.config)
-        config["sampling"] = sampling.to_dict()
-        with self._lock:
-            state, unets = dict(self._state), dict(self._unets)
-        model = URCDM(config, state, init_seed=self._init_seed, source=self.source)
-        model._unets = unets
-        return model.to(self.device)
+        return self._with_config("sampling", self.sampling.with_changes(**changes).to_dict())
 
     def with_background(self, **changes: Any) -> URCDM:
         """The same weights with another background rule (``BackgroundRule`` fields): a
         different fingerprint, as ``with_sampling``."""
         rule = BackgroundRule.from_dict({**self.background.to_dict(), **changes})
+        return self._with_config("background", rule.to_dict())
+
+    def _with_config(self, key: str, value: Any) -> URCDM:
+        """The same weights (built unets shared) with ``config[key] = value``."""
         config = copy.deepcopy(self.config)
-        config["background"] = rule.to_dict()
+        config[key] = value
         with self._lock:
             state, unets = dict(self._state), dict(self._unets)
         model = URCDM(config, state, init_seed=self._init_seed, source=self.source)

@@ -245,6 +245,25 @@ SAMPLERS: dict[str, Sampler] = {
 }
 
 
+# -- the inpainting loops -----------------------------------------------------------------------
+def _loop_setup(noise: TileNoise, log_snr: Callable[[Tensor], Tensor], steps: int,
+                known: Tensor | None, mask: Tensor | None, resample: int):
+    """What both loops start from: the time grid, the known pixels on the noise's device, which
+    samples inpaint, the passes per step, and the mask of samples whose first pass stands."""
+    if steps < 1 or resample < 1:
+        raise ValueError(f"steps and resample must be >= 1, got {steps} and {resample}")
+    device = noise.device
+    lsnr = timesteps(log_snr, steps, device)
+    if known is None or mask is None:
+        inpaint = [False] * len(noise)
+    else:
+        known, mask = known.to(device), mask.to(device)
+        inpaint = mask.flatten(1).any(1).tolist()
+    repeats = resample if any(inpaint) else 1
+    keep_first = torch.tensor([not v for v in inpaint], device=device).view(-1, 1, 1, 1)
+    return lsnr, known, mask, inpaint, repeats, keep_first
+
+
 # -- the inpainting wrapper ---------------------------------------------------------------------
 @torch.no_grad()
 def sample(
@@ -271,17 +290,8 @@ def sample(
     it is batched with. The returned known pixels equal ``known`` exactly: ``blend`` (from
     ``lazyslide.blending``) joins them to the last step's output.
     """
-    if steps < 1 or resample < 1:
-        raise ValueError(f"steps and resample must be >= 1, got {steps} and {resample}")
-    device = noise.device
-    lsnr = timesteps(log_snr, steps, device)
-    if known is None or mask is None:
-        inpaint = [False] * len(noise)
-    else:
-        known, mask = known.to(device), mask.to(device)
-        inpaint = mask.flatten(1).any(1).tolist()
-    repeats = resample if any(inpaint) else 1
-    keep_first = torch.tensor([not v for v in inpaint], device=device).view(-1, 1, 1, 1)
+    lsnr, known, mask, inpaint, repeats, keep_first = _loop_setup(
+        noise, log_snr, steps, known, mask, resample)
 
     def replace_known(x: Tensor, log_snr_now: Tensor, exact: bool) -> Tensor:
         if not any(inpaint):
@@ -337,17 +347,8 @@ def sample_imagen(
     each of them starts from the previous pass's output at t = 0. Per sample as ``sample``: one
     without known pixels makes one pass and draws what it would draw alone.
     """
-    if steps < 1 or resample < 1:
-        raise ValueError(f"steps and resample must be >= 1, got {steps} and {resample}")
-    device = noise.device
-    lsnr = timesteps(log_snr, steps, device)
-    if known is None or mask is None:
-        inpaint = [False] * len(noise)
-    else:
-        known, mask = known.to(device), mask.to(device)
-        inpaint = mask.flatten(1).any(1).tolist()
-    repeats = resample if any(inpaint) else 1
-    keep_first = torch.tensor([not v for v in inpaint], device=device).view(-1, 1, 1, 1)
+    lsnr, known, mask, inpaint, repeats, keep_first = _loop_setup(
+        noise, log_snr, steps, known, mask, resample)
     x = noise(shape)
     prev: Prev | None = None
     for i in range(steps):
