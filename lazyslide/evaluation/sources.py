@@ -19,6 +19,8 @@ features as the engine's samples. The model's geometry sets the protocol: level 
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +55,7 @@ class FileSlide:
         try:
             self.reader = SlideReader(Path(path), mpp)
         except SlideReadError as e:
-            raise LazySlideError(f"--samples: {e}") from None
+            raise LazySlideError(f"--samples {path}: {e}") from None
         self.path = Path(path)
         self.geometry = geometry
         self.levels = list(range(geometry.levels))
@@ -84,6 +86,14 @@ class FileSlide:
 
     def read_region(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         """uint8 RGB (h, w, 3) of level ``level``'s canvas at (x, y)."""
+        try:
+            return self._read_region(level, x, y, w, h)
+        except Exception as e:  # a file that opens but whose pixels do not decode (truncated, ...)
+            raise LazySlideError(
+                f"--samples {self.path}: cannot read its pixels for level {level} at ({x}, {y}) "
+                f"{w}x{h} px: {type(e).__name__}: {str(e)[:200]} (truncated or corrupt file?)") from None
+
+    def _read_region(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         if level in self.native:
             return self._read_page(self.native[level], x, y, w, h)
         mpp = self.geometry.level_mpp(level)
@@ -134,20 +144,101 @@ def folder_images(folder: str | Path, geometry: Geometry, *,
                                  f"(or give --mpp for a folder of images at one level's um/px: {expected})")
     out: dict[int, np.ndarray] = {}
     for k, sub in parts.items():
-        files = sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        try:
+            files = sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        except OSError as e:
+            raise LazySlideError(f"--samples {sub}: cannot list the folder ({_os_reason(e)})") from None
         if not files:
             raise LazySlideError(f"--samples {sub}: no images ({', '.join(IMAGE_SUFFIXES)})")
-        images = []
-        for p in files:
-            try:
-                with Image.open(p) as im:
-                    rgb = np.asarray(im.convert("RGB"))
-            except (OSError, ValueError) as e:
-                raise LazySlideError(f"--samples {p}: not a readable image ({e})") from None
-            if rgb.shape[:2] != (t, t):
-                raise LazySlideError(
-                    f"--samples {p}: {rgb.shape[1]}x{rgb.shape[0]} px; level {k} images must be "
-                    f"{t}x{t} px at {levels[k]:.4g} um/px (the model's tile at that level's scale)")
-            images.append(rgb)
+        images = [_read_tile(p, t, k, levels[k]) for p in files]
         out[k] = np.stack(images)
     return out
+
+
+#: Image modes read as they are: RGB, and RGBA when every pixel is opaque.
+RGB_MODES = ("RGB", "RGBA")
+
+_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+
+def _os_reason(e: OSError) -> str:
+    return e.strerror.lower() if e.strerror else f"{type(e).__name__}: {e}"
+
+
+def _declared_size(e: Exception) -> str:
+    """The width x height that Pillow's decompression-bomb check refused (a local of the check,
+    which names only the pixel count), else that pixel count."""
+    tb = e.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "_decompression_bomb_check":
+            size = tb.tb_frame.f_locals.get("size")
+            if isinstance(size, tuple) and len(size) == 2 and all(isinstance(v, int) for v in size):
+                return f"{size[0]}x{size[1]} px ({size[0] * size[1]} pixels)"
+        tb = tb.tb_next
+    m = _BOMB_PIXELS.search(str(e))
+    return f"{m.group(1)} pixels" if m else "a size"
+
+
+def _read_tile(p: Path, t: int, level: int, mpp: float) -> np.ndarray:
+    """One ``t`` x ``t`` uint8 RGB image, or a ``LazySlideError`` naming the file and what is wrong.
+    The header is read first (``Image.open`` is lazy): an image of any other size, mode or frame
+    count is refused before its pixels are decoded."""
+    where = f"--samples {p}"
+    must = (f"level {level} images must be {t}x{t} px at {mpp:.4g} um/px "
+            f"(the model's tile at that level's scale)")
+    try:
+        if not p.is_file():
+            raise LazySlideError(f"{where}: not a regular file")
+        if p.stat().st_size == 0:
+            raise LazySlideError(f"{where}: empty file (0 bytes)")
+    except OSError as e:
+        raise LazySlideError(f"{where}: cannot read the file ({_os_reason(e)})") from None
+    with warnings.catch_warnings():
+        # between 1x and 2x Image.MAX_IMAGE_PIXELS Pillow only warns: refuse those too
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(p)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise LazySlideError(
+                f"{where}: the header declares {_declared_size(e)}, over Pillow's decompression-bomb "
+                f"limit of {Image.MAX_IMAGE_PIXELS} pixels (Image.MAX_IMAGE_PIXELS); not decoded; "
+                f"{must}") from None
+        except Image.UnidentifiedImageError:
+            raise LazySlideError(f"{where}: not an image file Pillow can identify "
+                                 f"(corrupt, truncated or not an image)") from None
+        except OSError as e:
+            raise LazySlideError(f"{where}: cannot read the file ({_os_reason(e)})") from None
+        except Exception as e:  # Pillow's format plugins raise many kinds on hostile headers
+            raise LazySlideError(f"{where}: not a readable image ({type(e).__name__}: {e})") from None
+    with im:
+        w, h = im.size
+        if (w, h) != (t, t):
+            raise LazySlideError(f"{where}: {w}x{h} px; {must}")
+        try:
+            frames = int(getattr(im, "n_frames", 1))
+        except Exception as e:
+            raise LazySlideError(f"{where}: not a readable image ({type(e).__name__}: {e})") from None
+        if frames > 1:
+            raise LazySlideError(f"{where}: {frames} frames (pages or animation); evaluate reads "
+                                 f"one single-frame image per file")
+        if im.mode not in RGB_MODES:
+            raise LazySlideError(f"{where}: image mode {im.mode}; evaluate compares RGB H&E images; "
+                                 f"convert it to RGB")
+        try:
+            im.load()
+            px = np.asarray(im)
+        except Exception as e:  # truncated or corrupt pixel data
+            reason = str(e) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+            hint = "" if "truncated" in reason else "; truncated or corrupt file?"
+            raise LazySlideError(f"{where}: its pixels do not decode ({reason}{hint})") from None
+    if px.shape != (t, t, len(im.mode)):
+        raise LazySlideError(f"{where}: decoded to an array of shape {px.shape}, not ({t}, {t}, "
+                             f"{len(im.mode)}); {must}")
+    if im.mode == "RGBA":
+        clear = int(np.count_nonzero(px[..., 3] != 255))
+        if clear:
+            raise LazySlideError(f"{where}: RGBA with {clear} of {t * t} pixels not fully opaque; "
+                                 f"transparency has no meaning in a slide: evaluate compares RGB H&E "
+                                 f"images; convert it to RGB")
+        px = px[..., :3]
+    return np.ascontiguousarray(px, dtype=np.uint8)
