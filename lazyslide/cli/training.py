@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from ..conditioning import CONDITIONING, INPAINTING
 from ..errors import LazySlideError
@@ -14,7 +13,8 @@ from .common import add_sampling_options, ints, sampling_overrides
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     prep = sub.add_parser("prepare", help="cut training pairs from whole-slide images")
-    prep.add_argument("slides", nargs="+", help="slide files (SVS, NDPI, TIFF, ... via tiatoolbox)")
+    prep.add_argument("slides", nargs="+", help="slide files (SVS, NDPI, TIFF, ... via tiatoolbox) or "
+                      "packaged real sources by name (their training region; `lazyslide sources`)")
     prep.add_argument("-o", "--output", required=True, help="dataset folder (created or resumed)")
     prep.add_argument("--preset", required=True, help="geometry preset: paper, demo or test")
     prep.add_argument("--mpp", type=float,
@@ -96,12 +96,17 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             geom = dataclasses.replace(geom, mpp=args.mpp)
     except GeometryError as e:
         raise LazySlideError(str(e)) from None
-    missing = [s for s in args.slides if not Path(s).exists()]
-    for s in missing:
-        print(f"skipped: {s}: no such file", file=sys.stderr)
-    slides = [s for s in args.slides if Path(s).exists()]
+    from ..realdata import parse_spec
+
+    slides, missing = [], []
+    for s in args.slides:  # packaged sources give their training region
+        try:
+            slides.append(parse_spec(s, default_region="training", slide_mpp=args.slide_mpp))
+        except LazySlideError as e:
+            missing.append(s)
+            print(f"skipped: {s}: no such file or packaged source ({e})", file=sys.stderr)
     if not slides:
-        raise LazySlideError("none of the given slide paths exists")
+        raise LazySlideError("none of the given slides is a file or a packaged real source")
     failed: list[str] = []
 
     def report(msg: str) -> None:

@@ -16,11 +16,23 @@ from typing import Any
 import numpy as np
 
 from ..errors import LazySlideError
-from .evaluate import REAL_VS_REAL, consistency_table, fmt_interval, pr_bars, summary_row
+from .evaluate import (
+    REAL_VS_REAL,
+    SUMMARY_HEADER,
+    consistency_table,
+    fmt_interval,
+    memorisation_table,
+    pr_bars,
+    summary_row,
+)
+from .kid import kid_difference
 
 #: protocol fields that must agree, and what a difference means
 PROTOCOL = {
-    "real": "real slides", "n": "real patches per level (--n)", "pfid_n": "pFID crops (--pfid-n)",
+    "real": "real references (sources, regions, groups)",
+    "extractor_digest": "feature extractor weights (digest)",
+    "training": "memorisation audit's training data",
+    "n": "real patches per level (--n)", "pfid_n": "pFID crops (--pfid-n)",
     "k": "k", "draws": "bootstrap draws (--draws)", "seed": "sampling seed",
     "extractor": "feature extractor", "tile": "tile size",
     "level_mpp": "levels' um/px (the model's geometry)",
@@ -37,9 +49,10 @@ def load(folder: str | Path) -> dict[str, Any]:
         raise LazySlideError(f"{folder}: no report.json (a `lazyslide evaluate -o` folder)") from None
     except (OSError, ValueError) as e:
         raise LazySlideError(f"{path}: not a readable report ({e})") from None
-    if "protocol" not in report or "real_vs_real" not in report:
-        raise LazySlideError(f"{path}: made by an older lazyslide evaluate (no protocol or real vs "
-                             "real row): evaluate again")
+    if "protocol" not in report or "groups" not in report:
+        raise LazySlideError(f"{path}: made by an older lazyslide evaluate (no held-out protocol or "
+                             "KID): evaluate again")
+    report["folder"] = str(path.parent)
     return report
 
 
@@ -52,7 +65,8 @@ def check(reports: list[dict[str, Any]], names: list[str]) -> None:
                 raise LazySlideError(
                     f"{names[0]} and {name} differ in {what} ({field}: {first.get(field)!r} vs "
                     f"{report['protocol'].get(field)!r}): their metrics are not comparable; "
-                    "evaluate both with the same --real, --n, --pfid-n, --draws and model geometry")
+                    "evaluate both with the same --real, --n, --pfid-n, --draws, --features and "
+                    "model geometry")
 
 
 def compare(folders: list[str | Path], out: str | Path) -> str:
@@ -63,6 +77,7 @@ def compare(folders: list[str | Path], out: str | Path) -> str:
     names = [str(f) for f in folders]
     check(reports, names)
     rows = [(r["name"], r) for r in reports] + [(REAL_VS_REAL, reports[0]["real_vs_real"])]
+    levels = list(reports[0]["levels"])
     seen: dict[str, int] = {}
     labels = []
     for name, _ in rows:  # two reports of one name: number them
@@ -73,30 +88,43 @@ def compare(folders: list[str | Path], out: str | Path) -> str:
     lines = [
         "# Comparison",
         "",
-        f"{len(reports)} report(s), one protocol: real slides "
-        + ", ".join(r["name"] for r in p["real"])
-        + f"; {p['n']} real patches per level, {p['pfid_n']} pFID crops, k = {p['k']}, "
-        f"{p['extractor']}; FID intervals +- 1.96 sd of {p['draws']} bootstrap draws. The real vs "
-        "real row compares two disjoint halves of the real images (half the count): the noise floor.",
+        f"{len(reports)} report(s), one protocol: {p['n']} real patches per level and group, "
+        f"{p['pfid_n']} pFID crops, k = {p['k']}, {p['extractor']}; FID intervals +- 1.96 sd of "
+        f"{p['draws']} bootstrap draws; KID 2.5-97.5 % over random halves. The real vs real row: "
+        "more held-out real patches against the same references, at the first report's n (the floor). "
+        f"Delta KID: each row minus {labels[0]}, on paired draws (the same real and generated "
+        "indices for both): a difference whose interval leaves out 0 is one the noise does not explain.",
         "",
-        "## Table 1: overall",
-        "",
-        "| Method | FID (level 0) | pFID | Improved precision | Improved recall |",
-        "|---|---|---|---|---|",
-        *(summary_row(label, row["summary"]) for label, (_, row) in zip(labels, rows, strict=True)),
-        "",
-        "## Table 3: per magnification level",
-        "",
-        "| Method | " + " | ".join(f"level {lv} IP | level {lv} IR | level {lv} FID" for lv in levels) + " |",
-        "|---|" + "---|---|---|" * len(levels),
     ]
-    for label, (_, row) in zip(labels, rows, strict=True):
-        cells = []
-        for lv in levels:
-            v = row["levels"][lv]
-            cells += [_f(v.get("precision")), _f(v.get("recall")),
-                      fmt_interval(v.get("fid"), v.get("fid_ci"))]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for gi, grp in enumerate(reports[0]["groups"]):
+        members = "; ".join(
+            f"{s['source']}:{s['region']}" if "source" in s else s["file"] for s in p["real"][gi]["sources"])
+        grows = [(label, r["groups"][gi]) for label, r in zip(labels, reports, strict=False)]
+        grows.append((REAL_VS_REAL, grp[REAL_VS_REAL]))
+        levels = list(grp["levels"])
+        lines += [f"## Against {grp['label']} ({members})", "", "### Table 1: overall", "", *SUMMARY_HEADER,
+                  *(summary_row(label, row["summary"]) for label, row in grows), "",
+                  "### Table 3: per magnification level", "",
+                  "| Method | " + " | ".join(f"level {lv} IP | level {lv} IR | level {lv} FID | "
+                                           f"level {lv} KID x 1000" for lv in levels) + " |",
+                  "|---|" + "---|---|---|---|" * len(levels)]
+        for label, row in grows:
+            cells = []
+            for lv in levels:
+                v = row["levels"][lv]
+                cells += [_f(v.get("precision")), _f(v.get("recall")),
+                          fmt_interval(v.get("fid"), v.get("fid_ci")),
+                          fmt_interval(v.get("kid"), v.get("kid_ci"), 2)]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        deltas = _paired(reports, labels, gi, levels)
+        if deltas:
+            lines += ["", "### Delta KID x 1000 on paired draws (row minus the first)", "",
+                      "| Method | " + " | ".join(f"level {lv}" for lv in levels) + " | pFID crops |",
+                      "|---|" + "---|" * (len(levels) + 1), *deltas]
+        lines.append("")
+    lines += ["## Memorisation audit", "",
+              *memorisation_table([(label, r.get("memorisation"))
+                                   for label, r in zip(labels, reports, strict=False)])]
     consistency = [(label, r["consistency"]["generated"]) for label, r in zip(labels, reports, strict=False)]
     consistency.append(("real slides", reports[0]["consistency"]["real"]))
     lines += ["", "## Cross-scale consistency and tile grid", "", *consistency_table(consistency)]
@@ -115,6 +143,34 @@ def compare(folders: list[str | Path], out: str | Path) -> str:
          "reports": names}, indent=1) + "\n")
     _figure(labels, [row for _, row in rows], levels, out / "compare.png")
     return text
+
+
+def _paired(reports: list[dict[str, Any]], labels: list[str], group: int, levels: list[str]) -> list[str]:
+    """Rows of KID differences against the first report, from the reports' features.npz."""
+    feats = []
+    for r in reports:
+        path = Path(r["folder"], "features.npz")
+        if not path.is_file():
+            return []
+        with np.load(path) as z:
+            feats.append(dict(z))
+    real = feats[0]
+    out = []
+    for label, f in zip(labels[1:], feats[1:], strict=False):
+        cells = []
+        for key in [f"level{lv}" for lv in levels] + ["pfid"]:
+            r, a, b = (real.get(f"real{group}_{key}"), feats[0].get(f"generated_{key}"),
+                       f.get(f"generated_{key}"))
+            if r is None or a is None or b is None or min(len(a), len(b)) < 4:
+                cells.append("n/a")
+                continue
+            cells.append(fmt_interval(*_triple(kid_difference(r, a, b)), 2))
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    return out
+
+
+def _triple(v: tuple[float, float, float]) -> tuple[float, list[float]]:
+    return v[0], [v[1], v[2]]
 
 
 def _f(v: float | None) -> str:

@@ -56,6 +56,8 @@ class CrossScale:
     over_glass: int = 0
     delta_e: list[float] = field(default_factory=list)
     pairs: int = 0
+    #: Lab sums and pixel counts of the child's and the parent's tissue (their mean colours)
+    lab: dict[str, list] = field(default_factory=lambda: {k: [np.zeros(3), 0] for k in ("child", "parent")})
 
     def add(self, child: np.ndarray, parent: np.ndarray) -> None:
         """``child`` and ``parent``: RGB of the same region at the same (parent) scale."""
@@ -72,17 +74,26 @@ class CrossScale:
         if both.any():
             de = deltaE_ciede2000(rgb2lab(child[both][None]), rgb2lab(parent[both][None]))
             self.delta_e.extend(de.ravel().tolist())
+        for key, img, mask in (("child", child, c), ("parent", parent, p)):
+            if mask.any():
+                self.lab[key][0] += rgb2lab(img[mask][None])[0].sum(0)
+                self.lab[key][1] += int(mask.sum())
         self.pairs += 1
 
     def summary(self) -> dict[str, float | int | None]:
         if not self.pairs:  # nothing compared (outpainting has no level above): not "agrees"
-            return {"pairs": 0, "tissue_iou": None, "hallucinated_tissue": None, "delta_e_tissue": None}
+            return {"pairs": 0, "tissue_iou": None, "hallucinated_tissue": None, "delta_e_tissue": None,
+                    "lab_vs_parent": None}
+        (cs, cn), (ps, pn) = self.lab["child"], self.lab["parent"]
         return {
             "pairs": self.pairs,
             # no tissue on either side anywhere: nothing to disagree about
             "tissue_iou": self.intersection / self.union if self.union else 1.0,
             "hallucinated_tissue": self.over_glass / self.child_tissue if self.child_tissue else 0.0,
             "delta_e_tissue": float(np.mean(self.delta_e)) if self.delta_e else None,
+            # the tissue's mean colours (CIE76): a level far too dark shows here, where the
+            # masks' IoU (blind to colour) and the per-pixel Delta E (tissue on tissue only) miss it
+            "lab_vs_parent": float(np.linalg.norm(cs / cn - ps / pn)) if cn and pn else None,
         }
 
 
@@ -169,16 +180,21 @@ def generated_consistency(slides: Sequence[Slide], block: int,
     return {lv: {**v["cross"].summary(), **v["grid"].summary()} for lv, v in out.items()}
 
 
-def real_consistency(readers: Sequence[SlideReader], geometry: Geometry, n: int, block: int,
-                     rng: np.random.Generator) -> dict[int, dict[str, Any]]:
+def real_consistency(readers: Sequence[SlideReader] | dict[int, Sequence[SlideReader]], geometry: Geometry,
+                     n: int, block: int, rng: np.random.Generator) -> dict[int, dict[str, Any]]:
     """The reference: the same numbers on real slides. ``n`` random targets per level k >= 1 (at
     level k's um/px) against the parent window read at level k-1's; the grid score on regions of
-    the generated blocks' size, at the seam positions a lazyslide canvas would have."""
+    the generated blocks' size, at the seam positions a lazyslide canvas would have.
+    ``readers``: one list for every level, or a list per level (those fine enough for it)."""
     from ..training.prepare import window_origin
 
     g, t = geometry, geometry.tile
     out: dict[int, dict[str, Any]] = {}
+    by_level = readers if isinstance(readers, dict) else dict.fromkeys(range(g.levels), readers)
     for level in range(1, g.levels):
+        readers = by_level.get(level) or []
+        if not readers:
+            continue
         cs, gs = CrossScale(), GridScore()
         mpp, parent_mpp = g.level_mpp(level), g.level_mpp(level - 1)
         s = float(g.scale(level))

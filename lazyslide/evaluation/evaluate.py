@@ -26,14 +26,17 @@ from PIL import Image
 
 from ..errors import LazySlideError
 from ..model import URCDM
+from ..realdata import RealSpec
 from ..slide import Slide
 from ..store import MemoryStore, TileStore
-from ..wsi import SlideReader, SlideReadError, TissueRule
-from .consistency import generated_consistency, real_consistency
+from ..wsi import TissueRule
+from .consistency import generated_consistency, real_consistency, tissue_mask
 from .features import FeatureExtractor, InceptionFeatures
 from .fid import MIN_DRAWS, fid_interval
+from .kid import kid
 from .precision_recall import precision_recall
-from .samples import block_tiles, generated_crops, level_patches, random_crops, real_crops, real_patches
+from .references import Reference, resolve
+from .samples import Crop, block_tiles, generated_crops, level_patches, random_crops, real_crops, real_patches
 from .seams import known_mask, seam_kid, seam_score
 from .sources import FileSlide, folder_images
 
@@ -42,9 +45,11 @@ REAL_VS_REAL = "real vs real"
 
 def evaluate(
     model: URCDM,
-    real: Sequence[str | Path],
+    real: Sequence[str | Path | RealSpec] | None,
     out: str | Path,
     *,
+    shift: Sequence[str | Path | RealSpec] = (),
+    training: Sequence[str | Path | RealSpec] | None = None,
     seeds: Sequence[int] = (0, 1, 2, 3),
     n: int = 32,
     pfid_n: int | None = None,
@@ -61,34 +66,38 @@ def evaluate(
     samples_mpp: float | None = None,
     draws: int = MIN_DRAWS,
     pfid: bool = True,
+    audit: bool = True,
 ) -> dict[str, Any]:
     """Compute the metrics and write the report folder; returns the report as a dict.
 
-    ``n``: real patches per level (generated ones: ``block``^2 tiles per level and slide, tissue
-    only); ``pfid_n``: crops for pFID (default ``n``). ``samples``: measure that slide file or
-    folder instead of the engine (the model's geometry still sets levels, um/px and tile size;
-    ``samples_mpp``: the um/px of a slide file that does not say, or of a one-level folder).
-    ``draws``: bootstrap draws behind each interval. ``pfid=False``: make no generated crops
-    (pFID n/a; the real crops are drawn all the same, so the protocol and the real vs real row
-    do not change): for generators whose crops cost hours, such as outpainting, whose crops
-    anywhere on the canvas need every tile before them in raster order.
+    ``real``: the real references (slide files, or packaged sources: their held-out region),
+    None for the held-out protocol (``references.resolve``: every packaged held-out region the
+    model did not learn from, its training organ and other organs as separate groups);
+    ``shift``: a second, domain-shift group beside ``real``. ``training``: what the memorisation
+    audit compares with (default: the model's ``training_data``). ``n``: real patches per level
+    and group (generated ones: ``block``^2 tiles per level and slide, tissue only); ``pfid_n``:
+    crops for pFID (default ``n``). ``samples``: measure that slide file or folder instead of the
+    engine (the model's geometry still sets levels, um/px and tile size; ``samples_mpp``: the
+    um/px of a slide file that does not say, or of a one-level folder). ``draws``: bootstrap
+    draws behind each FID interval. ``pfid=False``: make no generated pFID crops (the real crops
+    are drawn all the same, so the protocol does not change): for generators whose crops cost
+    hours, such as outpainting. ``audit=False``: no memorisation audit.
     """
     from tqdm import tqdm
 
     t0 = time.perf_counter()
     if draws < MIN_DRAWS:
         raise LazySlideError(f"--draws must be at least {MIN_DRAWS}, got {draws}")
-    out = Path(out)
-    readers = []
-    for path in real:
-        try:
-            readers.append(SlideReader(Path(path), slide_mpp))
-        except SlideReadError as e:
-            raise LazySlideError(f"real slide: {e}") from None
-    if not readers:
-        raise LazySlideError("give at least one real slide (--real)")
     if not seeds:
         raise LazySlideError("give at least one slide seed")
+    training_data = model.config.get("training_data")
+    protocol_refs = resolve(training_data, real, shift, training, slide_mpp)
+    if not protocol_refs.groups:
+        raise LazySlideError("no real references: every held-out region is one the model learnt from; "
+                             "give --real")
+    groups = [grp.open() for grp in protocol_refs.groups]
+    train_refs = Reference("training", protocol_refs.training).open() if audit else None
+    out = Path(out)
     g, t = model.geometry, model.geometry.tile
     # the generated side: the engine's slides, a slide file (read like them) or images per level
     folder: dict[int, np.ndarray] | None = None
@@ -111,68 +120,143 @@ def evaluate(
     extractor = extractor or InceptionFeatures()
     pfid_n = pfid_n or n
 
-    samples_by_level: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    fakes: dict[int, np.ndarray] = {}
+    # per group and level: (reference, floor): the floor is more real patches, as many as the
+    # generated row has, so the real vs real row is read at the generated row's n
+    reals: list[dict[int, tuple[np.ndarray, np.ndarray] | None]] = [{} for _ in groups]
+    train_px: dict[int, np.ndarray] = {}
     empty = np.zeros((0, t, t, 3), np.uint8)
     with tqdm(total=len(slides) * len(g.canvases) + (pfid_n if slides and pfid else 0), desc="generating",
               unit="item", disable=not progress) as bar:
         for lv in range(g.levels):
             if folder is None:
                 fake = level_patches(slides, lv, block, progress=bar.update)
-                fake_lv = np.stack(fake) if fake else empty
+                fakes[lv] = np.stack(fake) if fake else empty
             else:
-                fake_lv = folder.get(lv, empty)
+                fakes[lv] = folder.get(lv, empty)
             # level 0 shows whole sections: a small biopsy covers little of it
             rule = TissueRule(min_fraction=0.002 if lv == 0 else TissueRule.min_fraction)
-            real_lv = real_patches(readers, g.level_mpp(lv), t, n, rng, rule=rule)
-            samples_by_level[lv] = (real_lv, fake_lv)
-        max_um = min(min(r.size) * r.mpp for r in readers)
-        max_um = min(max_um, g.canvases[-1] * g.mpp)
-        crops = random_crops(pfid_n, t * g.mpp, max_um, rng)
-        real_c = real_crops(readers, crops, t)
-        fake_c = generated_crops(slides, crops, t, progress=bar.update) if slides and pfid else empty
+            for gi, grp in enumerate(groups):
+                readers = grp.for_level(g, lv)
+                if not readers:
+                    reals[gi][lv] = None
+                    continue
+                more = len(fakes[lv]) or n  # the floor's "generated" side, at the generated row's n
+                pool = real_patches(readers, g.level_mpp(lv), t, n + more, rng, rule=rule)
+                reals[gi][lv] = (pool[:n], pool[n:])
+            if train_refs is not None and train_refs.specs:
+                readers = train_refs.for_level(g, lv)
+                if readers:
+                    count = max(2 * n, len(fakes[lv]))
+                    train_px[lv] = real_patches(readers, g.level_mpp(lv), t, count, rng, rule=rule)
+        crops, floor_crops, crop_readers = _pfid_crops(groups, g, pfid_n, rng)
+        real_c = [(real_crops(rd, crops, t), real_crops(rd, floor_crops, t)) if rd else None
+                  for rd in crop_readers]
+        make = slides and pfid and crops
+        fake_c = generated_crops(slides, crops, t, progress=bar.update) if make else empty
+        primary = groups[0]
         consistency = {"generated": generated_consistency(slides, block) if slides else {},
-                       "real": real_consistency(readers, g, n, block, rng)}
-        seams = _seams(slides, samples_by_level, block, extractor, seed)
+                       "real": real_consistency({lv: primary.for_level(g, lv) for lv in range(g.levels)},
+                                                g, n, block, rng)}
+        _colour(consistency, fakes, reals[0])
+        seams = _seams(slides, {lv: (v[0] if v else empty, None) for lv, v in reals[0].items()}, block,
+                       extractor, seed)
 
-    feats: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
-    with tqdm(total=2 * g.levels + 2, desc="features", unit="set", disable=not progress) as bar:
-        for lv, (r, f) in samples_by_level.items():
-            feats[lv] = (extractor(r), extractor(f) if len(f) else None)
-            bar.update(2)
-        pf = (extractor(real_c), extractor(fake_c) if len(fake_c) else None)
-        bar.update(2)
+    with tqdm(total=g.levels * (1 + 2 * len(groups)) + 1 + 2 * len(groups), desc="features", unit="set",
+              disable=not progress) as bar:
+        def feats_of(images: np.ndarray | None) -> np.ndarray | None:
+            bar.update()
+            return extractor(images) if images is not None and len(images) else None
 
-    rows = {row: _metrics(feats, pf, g, k, draws, seed),
-            REAL_VS_REAL: _metrics({lv: _halves(r) for lv, (r, _) in feats.items()}, _halves(pf[0]),
-                                   g, k, draws, seed)}
+        fake_f = {lv: feats_of(f) for lv, f in fakes.items()}
+        real_f = [{lv: None if v is None else (feats_of(v[0]), feats_of(v[1])) for lv, v in by.items()}
+                  for by in reals]
+        fake_cf = feats_of(fake_c)
+        real_cf = [None if c is None else (feats_of(c[0]), feats_of(c[1])) for c in real_c]
+        train_f = {lv: extractor(px) for lv, px in train_px.items()}
+
+    rows = []
+    for gi, grp in enumerate(groups):
+        gen = _metrics({lv: (v[0], fake_f[lv]) if v else None for lv, v in real_f[gi].items()},
+                       None if real_cf[gi] is None else (real_cf[gi][0], fake_cf), g, k, draws, seed)
+        floor = _metrics({lv: v if v else None for lv, v in real_f[gi].items()},
+                         None if real_cf[gi] is None else real_cf[gi], g, k, draws, seed)
+        rows.append({"label": grp.label, **gen, REAL_VS_REAL: floor})
+    memorisation = _audit(out, fakes, fake_f, train_px, train_f, reals[0], real_f[0], seed) if audit else None
     protocol = {
-        "real": [{"name": Path(p).name, "bytes": Path(p).stat().st_size} for p in real],
-        "real_features": _digest([feats[lv][0] for lv in sorted(feats)] + [pf[0]]),
+        "real": [grp.to_dict(training_data) for grp in groups],
+        "left_out": protocol_refs.left_out,
+        "training": [s.to_dict() for s in protocol_refs.training],
+        "windows_um": {str(lv): round(t * g.level_mpp(lv - 1), 1) for lv in range(1, g.levels)},
+        "real_features": _digest([f for by in real_f for v in by.values() if v for f in v if f is not None]
+                                 + [f for c in real_cf if c for f in c if f is not None]),
         "n": n, "pfid_n": len(crops), "k": k, "draws": draws, "seed": seed,
         "extractor": getattr(extractor, "name", type(extractor).__name__),
+        "extractor_digest": getattr(extractor, "digest", None),
         "tile": t, "level_mpp": [round(g.level_mpp(lv), 6) for lv in range(g.levels)],
     }
     report = {
         "name": row, "source": source,
         "model": model.source, "fingerprint": model.fingerprint, "method": method,
-        "seeds": list(seeds) if samples is None else None, "real": [str(p) for p in real], "k": k,
+        "seeds": list(seeds) if samples is None else None,
+        "real": [s.label for grp in groups for s in grp.specs], "k": k,
         "extractor": protocol["extractor"],
-        "summary": rows[row]["summary"], "levels": rows[row]["levels"],
-        "real_vs_real": rows[REAL_VS_REAL],
+        # the primary group's rows at the top level: what one-line readers (compare, benches) use
+        "summary": rows[0]["summary"], "levels": rows[0]["levels"], "real_vs_real": rows[0][REAL_VS_REAL],
+        "groups": rows,
         "consistency": {src: {str(lv): v for lv, v in by.items()} for src, by in consistency.items()},
-        "seams": seams,
+        "seams": seams, "memorisation": memorisation,
         "protocol": protocol, "pfid_measured": bool(pfid and len(fake_c)),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    _write(out, report, samples_by_level, (real_c, fake_c))
+    _write(out, report, {lv: (reals[0][lv][0] if reals[0][lv] else empty, fakes[lv]) for lv in fakes},
+           (real_c[0][0] if real_c[0] else empty, fake_c))
+    np.savez_compressed(out / "features.npz", **_feature_arrays(fake_f, real_f, fake_cf, real_cf))
     return report
 
 
-def _seams(slides: Sequence, samples_by_level: dict[int, tuple[np.ndarray, np.ndarray]], block: int,
+def _max_um(readers: Sequence, g) -> float:
+    return min(min(min(r.size) * r.mpp for r in readers), g.canvases[-1] * g.mpp)
+
+
+def _pfid_crops(groups: Sequence[Reference], g, n: int,
+                rng: np.random.Generator) -> tuple[list[Crop], list[Crop], list]:
+    """pFID crops: sizes from one deepest-level tile up to the smallest extent among the readers
+    that feed the deepest level and hold at least two tiles across (all groups: one crop set,
+    so the generated crops are made once); a second set for the floor's real side; per group,
+    those readers (or None)."""
+    lv = g.levels - 1
+    per_group = []
+    for grp in groups:
+        per_group.append([r for r in grp.for_level(g, lv)
+                          if min(r.size) * r.mpp >= 2 * g.tile * g.level_mpp(lv)])
+    usable = [r for rd in per_group for r in rd]
+    if not usable:
+        return [], [], [None] * len(groups)
+    crops = random_crops(n, g.tile * g.mpp, _max_um(usable, g), rng)
+    return crops, random_crops(n, g.tile * g.mpp, _max_um(usable, g), rng), [rd or None for rd in per_group]
+
+
+def _colour(consistency: dict, fakes: dict[int, np.ndarray],
+            reals: dict[int, tuple[np.ndarray, np.ndarray] | None]) -> None:
+    """Add to each level's consistency row the Lab colour difference between its tissue and
+    held-out real tissue at the same level (mean Lab of tissue pixels, CIE76)."""
+    for src, images in (("generated", fakes), ("real", {lv: v[1] if v else None for lv, v in reals.items()})):
+        for lv, by in consistency[src].items():
+            ref, imgs = reals.get(lv), images.get(lv)
+            value = None
+            if ref is not None and imgs is not None and len(imgs):
+                a, b = mean_tissue_lab(imgs), mean_tissue_lab(ref[0])
+                value = None if a is None or b is None else float(np.linalg.norm(a - b))
+            by["lab_vs_real"] = value
+
+
+def _seams(slides: Sequence, samples_by_level: dict[int, tuple[np.ndarray, Any]], block: int,
            extractor: FeatureExtractor, seed: int) -> dict[str, dict[str, Any]]:
     """Per level with neighbours: the seam score and ``seam_kid`` of the engine's inpainted
     block tiles, the real patches of the level cut at the same positions (engine slides only:
-    a slide file or folder has no known-pixel masks)."""
+    a slide file or folder has no known-pixel masks); the real patches' seam score at the same
+    positions beside the generated one."""
     out: dict[str, dict[str, Any]] = {}
     engine = [s for s in slides if isinstance(s, Slide)]
     for lv, (real_lv, _) in samples_by_level.items():
@@ -188,14 +272,11 @@ def _seams(slides: Sequence, samples_by_level: dict[int, tuple[np.ndarray, np.nd
                     masks.append(mask)
         v = seam_kid(extractor, images, masks, list(real_lv), 2 * g.overlap, seed=seed)
         v["seam_score"] = seam_score(images, masks)
+        if len(real_lv) and masks:
+            cycled = [masks[i % len(masks)] for i in range(len(real_lv))]
+            v["real"]["seam_score"] = seam_score(list(real_lv), cycled)
         out[str(lv)] = v
     return out
-
-
-def _halves(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Two disjoint halves of a real set, as (real, "generated") for the noise floor."""
-    h = len(features) // 2
-    return features[:h], features[h:2 * h]
 
 
 def _digest(arrays: list[np.ndarray]) -> str:
@@ -206,29 +287,100 @@ def _digest(arrays: list[np.ndarray]) -> str:
     return h.hexdigest()[:16]
 
 
-def _metrics(feats: dict[int, tuple[np.ndarray, np.ndarray | None]],
-             pf: tuple[np.ndarray, np.ndarray | None], g, k: int, draws: int, seed: int) -> dict:
-    """One row: per-level precision, recall and FID (with interval), and the summary."""
+def _feature_arrays(fake_f, real_f, fake_cf, real_cf) -> dict[str, np.ndarray]:
+    """features.npz: what ``compare`` needs for paired differences between reports."""
+    out = {}
+    for lv, f in fake_f.items():
+        if f is not None:
+            out[f"generated_level{lv}"] = f
+    if fake_cf is not None:
+        out["generated_pfid"] = fake_cf
+    for gi, by in enumerate(real_f):
+        for lv, v in by.items():
+            if v is not None and v[0] is not None:
+                out[f"real{gi}_level{lv}"] = v[0]
+        if real_cf[gi] is not None and real_cf[gi][0] is not None:
+            out[f"real{gi}_pfid"] = real_cf[gi][0]
+    return out
+
+
+def _pair_metrics(r: np.ndarray, f: np.ndarray | None, k: int, draws: int, seed: int) -> dict[str, Any]:
+    v: dict[str, Any] = {"n_real": len(r), "n_generated": 0 if f is None else len(f)}
+    if f is None:
+        return v
+    if len(f) > k and len(r) > k:
+        v["precision"], v["recall"] = precision_recall(r, f, k)
+    if len(f) >= 2 and len(r) >= 2:
+        v["fid"], *v["fid_ci"] = fid_interval(r, f, draws, seed)
+    if len(f) >= 4 and len(r) >= 4:
+        v["kid"], *v["kid_ci"] = kid(r, f, seed=seed)
+    return v
+
+
+def _metrics(feats: dict[int, tuple[np.ndarray, np.ndarray | None] | None],
+             pf: tuple[np.ndarray, np.ndarray | None] | None, g, k: int, draws: int, seed: int) -> dict:
+    """One row: per-level precision, recall, FID and KID (with intervals), and the summary.
+    A level without real references (None) is n/a."""
     levels: dict[str, dict[str, Any]] = {}
-    for lv, (r, f) in feats.items():
-        v: dict[str, Any] = {"mpp": g.level_mpp(lv), "n_real": len(r),
-                             "n_generated": 0 if f is None else len(f)}
-        if f is not None and len(f) > k and len(r) > k:
-            v["precision"], v["recall"] = precision_recall(r, f, k)
-        if f is not None and len(f) >= 2 and len(r) >= 2:
-            v["fid"], *v["fid_ci"] = fid_interval(r, f, draws, seed)
+    for lv, pair in feats.items():
+        v = {"mpp": g.level_mpp(lv)}
+        if pair is not None:
+            v.update(_pair_metrics(pair[0], pair[1], k, draws, seed))
+        else:
+            v.update(n_real=0, n_generated=0)
         levels[str(lv)] = v
     pr = [v for v in levels.values() if "precision" in v]
     summary: dict[str, Any] = {
         "fid_level0": levels["0"].get("fid"), "fid_level0_ci": levels["0"].get("fid_ci"),
-        "pfid": None, "pfid_ci": None,
+        "kid_level0": levels["0"].get("kid"), "kid_level0_ci": levels["0"].get("kid_ci"),
+        "pfid": None, "pfid_ci": None, "pkid": None, "pkid_ci": None,
         "precision": float(np.mean([v["precision"] for v in pr])) if pr else None,
         "recall": float(np.mean([v["recall"] for v in pr])) if pr else None,
-        "pfid_n": 0 if pf[1] is None else len(pf[1]),
+        "pfid_n": 0 if pf is None or pf[1] is None else len(pf[1]),
     }
-    if pf[1] is not None and len(pf[1]) >= 2 and len(pf[0]) >= 2:
-        summary["pfid"], *summary["pfid_ci"] = fid_interval(pf[0], pf[1], draws, seed)
+    if pf is not None and pf[1] is not None:
+        c = _pair_metrics(pf[0], pf[1], k, draws, seed)
+        summary["pfid"], summary["pfid_ci"] = c.get("fid"), c.get("fid_ci")
+        summary["pkid"], summary["pkid_ci"] = c.get("kid"), c.get("kid_ci")
     return {"summary": summary, "levels": levels}
+
+
+def mean_tissue_lab(images: np.ndarray) -> np.ndarray | None:
+    """Mean CIE Lab of the tissue pixels (``consistency.tissue_mask``) of a set of images."""
+    from skimage.color import rgb2lab
+
+    px = [im[tissue_mask(im)] for im in images]
+    px = np.concatenate(px) if px else np.zeros((0, 3), np.uint8)
+    if len(px) < 16:
+        return None
+    return rgb2lab(px[None].astype(np.float64) / 255.0)[0].mean(0)
+
+
+def _audit(out: Path, fakes: dict[int, np.ndarray], fake_f: dict[int, np.ndarray | None],
+           train_px: dict[int, np.ndarray], train_f: dict[int, np.ndarray],
+           reals: dict[int, tuple[np.ndarray, np.ndarray] | None],
+           real_f: dict[int, tuple[np.ndarray, np.ndarray] | None], seed: int) -> dict[str, Any]:
+    """Per level: the data-copying test (``memorisation``) of the generated patches against the
+    training patches, with held-out real patches as the reference, in feature space and in
+    pixels; and a figure of the generated patches closest to a training patch."""
+    from .memorisation import audit, pairs_figure, pixel_vectors
+
+    result: dict[str, Any] = {}
+    for lv, gen in fakes.items():
+        held = reals.get(lv)
+        if lv not in train_px or held is None or fake_f.get(lv) is None or len(gen) < 4:
+            continue
+        held_f = np.concatenate([f for f in real_f[lv] if f is not None])
+        held_px = np.concatenate(held)
+        v = {"n_training": len(train_px[lv]), "n_held_out": len(held_px), "n_generated": len(gen),
+             "features": audit(train_f[lv], held_f, fake_f[lv], seed=seed),
+             "pixels": audit(pixel_vectors(train_px[lv]), pixel_vectors(held_px), pixel_vectors(gen),
+                             seed=seed)}
+        near = v["features"]
+        pairs_figure(gen, train_px[lv], near["nearest_train_index"], near["nearest_train_distance"],
+                     out / f"memorisation_level{lv}.png")
+        result[str(lv)] = v
+    return result
 
 
 def _fmt(v: Any, digits: int = 2) -> str:
@@ -244,57 +396,108 @@ def fmt_interval(value: float | None, ci: Sequence[float] | None, digits: int = 
 
 def summary_row(name: str, s: dict[str, Any]) -> str:
     return (f"| {name} | {fmt_interval(s['fid_level0'], s.get('fid_level0_ci'))} | "
-            f"{fmt_interval(s['pfid'], s.get('pfid_ci'))} | {_fmt(s['precision'])} | {_fmt(s['recall'])} |")
+            f"{fmt_interval(s.get('kid_level0'), s.get('kid_level0_ci'), 2)} | "
+            f"{fmt_interval(s['pfid'], s.get('pfid_ci'))} | "
+            f"{fmt_interval(s.get('pkid'), s.get('pkid_ci'), 2)} | "
+            f"{_fmt(s['precision'])} | {_fmt(s['recall'])} |")
+
+
+SUMMARY_HEADER = ["| Method | FID (level 0) | KID x 1000 (level 0) | pFID | pKID x 1000 | "
+                  "Improved precision | Improved recall |", "|---|---|---|---|---|---|---|"]
+
+
+def _sources(group: dict[str, Any]) -> str:
+    parts = []
+    for s in group["sources"]:
+        label = f"{s['source']}:{s['region']}" if "source" in s else s["file"]
+        if "source" in s:
+            label += f" ({s['organ']}, {s['mpp']:g} um/px)"
+        if s.get("trained_on"):
+            label += " **(the model learnt from it)**"
+        parts.append(label)
+    return ", ".join(parts)
 
 
 def markdown(report: dict[str, Any]) -> str:
-    s, name, rr = report["summary"], report["name"], report["real_vs_real"]
-    p = report["protocol"]
+    name, p = report["name"], report["protocol"]
     seeds = f"slide seeds {report['seeds']}, " if report["seeds"] is not None else ""
+    digest = f" `{p['extractor_digest']}`" if p.get("extractor_digest") else ""
     lines = [
         f"# Evaluation: {name}",
         "",
-        f"Generated: {report['source']}. Protocol: model `{report['fingerprint']}` ({report['model']}), "
-        f"{seeds}real slides: " + ", ".join(Path(q).name for q in report["real"])
-        + f". Features: {report['extractor']}; k = {report['k']}; intervals: FID +- 1.96 sd of "
-        f"{p['draws']} bootstrap draws. {report['seconds']} s.",
+        f"Generated: {report['source']}. Model `{report['fingerprint']}` ({report['model']}), {seeds}"
+        f"features: {report['extractor']}{digest}; k = {report['k']}; intervals: FID +- 1.96 sd of "
+        f"{p['draws']} bootstrap draws, KID 2.5-97.5 % over 100 random halves. {report['seconds']} s.",
         "",
-        "## Table 1: overall",
+        "## Real references (the held-out protocol)",
         "",
-        "| Method | FID (level 0) | pFID | Improved precision | Improved recall |",
-        "|---|---|---|---|---|",
-        summary_row(name, s),
-        summary_row(f"{REAL_VS_REAL} (n/2 vs n/2)", rr["summary"]),
-        "",
-        "## Table 3: per magnification level",
-        "",
-        "| Level | um/px | Method | n real | n generated | Improved precision | Improved recall | FID |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    for lv, v in report["levels"].items():
-        for row, w in ((name, v), (REAL_VS_REAL, rr["levels"][lv])):
-            lines.append(f"| {lv} | {v['mpp']:.2f} | {row} | {w['n_real']} | {w['n_generated']} | "
-                         f"{_fmt(w.get('precision'))} | {_fmt(w.get('recall'))} | "
-                         f"{fmt_interval(w.get('fid'), w.get('fid_ci'))} |")
-    lines += ["", f"pFID on {s['pfid_n']} crops. With few samples FID and pFID are biased upwards: "
-              "compare rows with the same counts (`lazyslide compare` refuses others). The real vs "
-              "real row compares two disjoint halves of the real images, at half the count: a "
-              "generated row within its interval is as close to the real images as they are to "
-              "themselves. n/a: the generator has no images at that level (outpainting has only "
-              "the full-resolution canvas; an image folder has no crops; `--no-pfid` makes none) "
-              "or too few for k.", ""]
+    for grp in p["real"]:
+        lines.append(f"- **{grp['label']}**: {_sources(grp)}")
+    if p.get("left_out"):
+        lines.append("- left out (training pixels): " + "; ".join(p["left_out"]))
+    if p.get("training"):
+        lines.append("- memorisation audit against: " + ", ".join(
+            f"{s['source']}:{s['region']}" if "source" in s else s["file"] for s in p["training"]))
+    margins = [(s["source"], s["margin_um"]) for grp in p["real"] for s in grp["sources"]
+               if s.get("margin_um") is not None]
+    widest = max(p.get("windows_um", {}).values(), default=None)
+    if margins and widest:
+        narrow = [f"{n} ({m:.0f} um)" for n, m in margins if m < widest]
+        if narrow:
+            lines.append(f"- margins narrower than this model's widest conditioning window "
+                         f"({widest:.0f} um): " + ", ".join(narrow) + ". Held-out pixels never enter "
+                         "training (prepare masks them); a training window can still show tissue that "
+                         "close to them.")
+    lines += ["", "KID is the number to read at these counts: unbiased, so rows at different n and a "
+              "generator with too little spread are not favoured (FID is biased upwards at small n, "
+              "by an amount that depends on each set's spread). The real vs real row is the floor: "
+              "more held-out real patches against the same references, at the generated row's n.", ""]
+    for grp in report["groups"]:
+        label, rr = grp["label"], grp[REAL_VS_REAL]
+        lines += [f"## Against {label}", "", "### Table 1: overall", "", *SUMMARY_HEADER,
+                  summary_row(name, grp["summary"]), summary_row(REAL_VS_REAL, rr["summary"]), "",
+                  "### Table 3: per magnification level", "",
+                  "| Level | um/px | Method | n real | n generated | Improved precision | Improved recall | "
+                  "FID | KID x 1000 |", "|---|---|---|---|---|---|---|---|---|"]
+        for lv, v in grp["levels"].items():
+            for row, w in ((name, v), (REAL_VS_REAL, rr["levels"][lv])):
+                lines.append(f"| {lv} | {v['mpp']:.2f} | {row} | {w['n_real']} | {w['n_generated']} | "
+                             f"{_fmt(w.get('precision'))} | {_fmt(w.get('recall'))} | "
+                             f"{fmt_interval(w.get('fid'), w.get('fid_ci'))} | "
+                             f"{fmt_interval(w.get('kid'), w.get('kid_ci'), 2)} |")
+        lines.append("")
+    lines += [f"pFID on {p['pfid_n']} crops (made: {report['summary']['pfid_n']}). n/a: no real "
+              "source of the group is fine enough for the level (or large enough to hold half a tile "
+              "at its scale), or the generator "
+              "has no images there (outpainting has only the full-resolution canvas; an image folder "
+              "has no crops; `--no-pfid` makes none), or too few for k.", ""]
+    if report.get("memorisation"):
+        lines += ["## Memorisation audit", "", *memorisation_table([(name, report["memorisation"])]), "",
+                  "Data-copying test (Meehan et al. 2020): C_T compares each generated patch's distance "
+                  "to its nearest training patch with the same distance for held-out real patches "
+                  "(Mann-Whitney Z per k-means cell of the training set). C_T well below 0 (< -3): "
+                  "generated patches sit closer to the training data than unseen real tissue does, "
+                  "i.e. copying. Distance ratio: median distance of generated / held-out patches to "
+                  "their nearest training patch. Figures: `memorisation_level{L}.png`, the closest "
+                  "generated patches above their nearest training patch.", ""]
     lines += ["## Cross-scale consistency and tile grid", "",
               *consistency_table([(name, report["consistency"]["generated"]),
-                                  ("real slides", report["consistency"]["real"])])]
+                                  ("real (held-out)", report["consistency"]["real"])])]
     lines += ["", "Each level-k tile area-downsampled to level k-1's scale against the parent pixels "
               "under it (tissue: HSV saturation > 0.12); hallucinated tissue: the child's tissue over "
-              "parent glass. Grid score: mean |difference| across magnification-tile seams / the "
-              "same one and two pixels away (1 = no visible grid). Real: the same region read at "
-              "both levels' um/px, and real regions at the same seam positions.", ""]
+              "parent glass; Delta E 2000: per pixel where both show tissue; Lab vs parent: distance "
+              "between the mean Lab colours of the child's and the parent's tissue (a level too dark "
+              "shows here, not in IoU); Lab vs real: the same between the level's tissue and held-out "
+              "real tissue at that level. Grid score: mean |difference| across magnification-tile "
+              "seams / the same one and two pixels away (1 = no visible grid). The real row: the same "
+              "region read at both levels' um/px, and real regions at the same seam positions: read "
+              "every generated number against it.", ""]
     if report.get("seams"):
         lines += ["## Inpainting seams", "", *seam_table([(name, report["seams"])]), "",
                   "Seam score: mean |step| across the known/generated boundary inside inpainted "
-                  "tiles / the same 4 px inside (1 = invisible; a blend can equalise it). KID x 1000 "
+                  "tiles / the same 4 px inside (1 = invisible; a blend can equalise it), beside the "
+                  "same score on real patches at the same positions. KID x 1000 "
                   "between crops (twice the overlap wide) centred on that boundary and crops from "
                   "the tiles' generated interiors, with the 2.5-97.5 % range over random halves; "
                   "real: real patches of the level cut at the same positions, the value of a "
@@ -302,14 +505,29 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def memorisation_table(rows: Sequence[tuple[str, dict[str, dict[str, Any]]]]) -> list[str]:
+    """Markdown rows: per (name, {level: audit}) and level, features and pixels."""
+    lines = ["| Method | level | n train / held-out / generated | C_T (features) | distance ratio "
+             "(features) | C_T (pixels) | distance ratio (pixels) | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, by_level in rows:
+        for lv, v in (by_level or {}).items():
+            f, px = v["features"], v["pixels"]
+            verdicts = {f["verdict"], px["verdict"]}
+            lines.append(f"| {name} | {lv} | {v['n_training']} / {v['n_held_out']} / {v['n_generated']} | "
+                         f"{_fmt(f.get('C_T'))} | {_fmt(f.get('median_ratio'))} | {_fmt(px.get('C_T'))} | "
+                         f"{_fmt(px.get('median_ratio'))} | {' / '.join(sorted(verdicts))} |")
+    return lines
+
+
 def seam_table(rows: Sequence[tuple[str, dict[str, dict[str, Any]]]]) -> list[str]:
     """Markdown rows: per (name, {level: seams numbers}) and level, the real reference beside."""
-    lines = ["| Method | level | seam score | seam vs interior KID x 1000 (generated) | n | "
-             "same positions on real tissue | n |", "|---|---|---|---|---|---|---|"]
+    lines = ["| Method | level | seam score | real, same positions | seam vs interior KID x 1000 "
+             "(generated) | n | same positions on real tissue | n |", "|---|---|---|---|---|---|---|---|"]
     for name, by_level in rows:
         for lv, v in by_level.items():
             gen, real = v["generated"], v["real"]
-            cells = [_fmt(v["seam_score"])]
+            cells = [_fmt(v["seam_score"]), _fmt(real.get("seam_score"))]
             for w in (gen, real):
                 cells += [fmt_interval(w.get("kid"), w.get("kid_ci"), 2), f"{w['n_seam']}/{w['n_interior']}"]
             lines.append(f"| {name} | {lv} | " + " | ".join(cells) + " |")
@@ -319,11 +537,13 @@ def seam_table(rows: Sequence[tuple[str, dict[str, dict[str, Any]]]]) -> list[st
 def consistency_table(rows: Sequence[tuple[str, dict[str, dict[str, Any]]]]) -> list[str]:
     """Markdown rows: per (name, {level: consistency numbers}) and level."""
     lines = ["| Method | level | pairs | tissue IoU | hallucinated tissue | Delta E 2000 on tissue | "
-             "grid score (glass) | grid score (tissue) |", "|---|---|---|---|---|---|---|---|"]
+             "Lab vs parent | Lab vs real | grid score (glass) | grid score (tissue) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, by_level in rows:
         for lv, v in by_level.items():
             lines.append(f"| {name} | {lv} | {v['pairs']} | {_fmt(v['tissue_iou'])} | "
                          f"{_fmt(v['hallucinated_tissue'])} | {_fmt(v['delta_e_tissue'], 1)} | "
+                         f"{_fmt(v.get('lab_vs_parent'), 1)} | {_fmt(v.get('lab_vs_real'), 1)} | "
                          f"{_fmt(v['grid_glass'])} | {_fmt(v['grid_tissue'])} |")
     return lines
 
@@ -334,15 +554,18 @@ def _write(out: Path, report: dict[str, Any], samples: dict[int, tuple[np.ndarra
     (out / "report.md").write_text(markdown(report))
     with open(out / "metrics.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["method", "level", "metric", "value", "ci_low", "ci_high", "n_real", "n_generated"])
-        for name, row in ((report["name"], report), (REAL_VS_REAL, report["real_vs_real"])):
-            for metric in ("fid_level0", "pfid", "precision", "recall"):
-                ci = row["summary"].get(f"{metric}_ci") or ["", ""]
-                w.writerow([name, "all", metric, row["summary"][metric], *ci, "", ""])
-            for lv, v in row["levels"].items():
-                for metric in ("precision", "recall", "fid"):
-                    ci = v.get(f"{metric}_ci") or ["", ""]
-                    w.writerow([name, lv, metric, v.get(metric), *ci, v["n_real"], v["n_generated"]])
+        w.writerow(["reference", "method", "level", "metric", "value", "ci_low", "ci_high", "n_real",
+                    "n_generated"])
+        for grp in report["groups"]:
+            for name, row in ((report["name"], grp), (REAL_VS_REAL, grp[REAL_VS_REAL])):
+                for metric in ("fid_level0", "kid_level0", "pfid", "pkid", "precision", "recall"):
+                    ci = row["summary"].get(f"{metric}_ci") or ["", ""]
+                    w.writerow([grp["label"], name, "all", metric, row["summary"][metric], *ci, "", ""])
+                for lv, v in row["levels"].items():
+                    for metric in ("precision", "recall", "fid", "kid"):
+                        ci = v.get(f"{metric}_ci") or ["", ""]
+                        w.writerow([grp["label"], name, lv, metric, v.get(metric), *ci, v["n_real"],
+                                    v["n_generated"]])
     for lv, (real, fake) in samples.items():
         _grid([real[:8], fake[:8]], out / f"samples_level{lv}.png")
     _grid([crops[0][:8], crops[1][:8]], out / "samples_pfid.png")

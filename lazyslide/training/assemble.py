@@ -19,6 +19,28 @@ from ..sampler import SamplingConfig
 from .trainer import MODEL_KEYS, TrainError, run_summary
 
 
+def training_data(summaries: Sequence[dict]) -> list[dict]:
+    """What the runs learnt from, from their datasets' manifests: packaged sources with their
+    region (``realdata``), other slides by file name. ``evaluate`` keeps them out of its real
+    references and audits memorisation against them. Empty when no dataset can be read."""
+    from .prepare import DatasetError, load_manifest
+
+    seen: dict[str, dict] = {}
+    for s in summaries:
+        try:
+            manifest = load_manifest(s.get("dataset", {}).get("path", ""))
+        except (DatasetError, OSError):
+            continue
+        for slide in manifest["slides"]:
+            if slide.get("status") != "ok":
+                continue
+            real = slide.get("real") or {"file": slide["name"]}
+            item = ({"source": real["source"], "region": real["region"]} if "source" in real
+                    else {"file": real["file"]})
+            seen[repr(sorted(item.items()))] = item
+    return [seen[k] for k in sorted(seen)]
+
+
 def assemble(runs: Sequence[str | Path], out: str | Path, *, dtype: str = "float32",
              overwrite: bool = False, sampling: Mapping[str, Any] | None = None,
              background_sat: float | None = None, background_blur: float | None = None,
@@ -94,6 +116,9 @@ def assemble(runs: Sequence[str | Path], out: str | Path, *, dtype: str = "float
         for (lv, st), (path, s) in sorted(by_unet.items())
     }
     config["dtype"] = dtype
+    learnt = training_data([s for _, s in by_unet.values()])
+    if learnt:
+        config["training_data"] = learnt
     if sampling:
         try:
             config["sampling"] = SamplingConfig.from_dict({**config["sampling"], **sampling}).to_dict()

@@ -42,6 +42,7 @@ from ..background import BackgroundRule, has_tissue
 from ..conditioning import centred_footprint
 from ..errors import LazySlideError
 from ..geometry import Geometry
+from ..realdata import RealSpec, parse_spec
 from ..wsi import GlassStats, OtsuMask, SlideReader, SlideReadError, TissueRule, inside_slide, measure_glass
 from .fragments import DEFAULT_GLASS, FragmentMask
 
@@ -122,7 +123,7 @@ def load_manifest(folder: str | Path) -> dict[str, Any]:
 
 
 def prepare(
-    slides: Sequence[str | Path],
+    slides: Sequence[str | Path | RealSpec],
     out: str | Path,
     geometry: Geometry,
     *,
@@ -145,7 +146,8 @@ def prepare(
     ``tissue.min_fraction`` tissue. ``fragments`` (micrometres): cut each sample to a random
     smooth fragment of about that size on glass (``fragments.FragmentMask``), for slides that
     are crops of tissue without glass. A slide that cannot be read is reported and skipped;
-    slides already in the manifest are not read again.
+    slides already in the manifest are not read again. A packaged real source (``realdata``,
+    e.g. ``"prostate"``) gives its training region only: the held-out one never enters a pair.
     """
     from tqdm import tqdm
 
@@ -193,15 +195,18 @@ def prepare(
     t = geometry.tile
     footprint = {lv: centred_footprint(t, float(geometry.scale(lv))) for lv in levels if lv > 0}
     near = BackgroundRule(hue_min=tissue.hue_min, sat_min=tissue.sat_min)  # tissue near a footprint
-    for path in map(Path, slides):
-        key = str(path.resolve())
+    for item in slides:
+        spec = item if isinstance(item, RealSpec) else parse_spec(item, default_region="training",
+                                                                   slide_mpp=slide_mpp)
+        key = spec.label if spec.source else str(spec.path.resolve())
+        path = Path(spec.label) if spec.source else spec.path
         if key in done:
             report(f"{path}: already prepared, skipped")
             continue
         index = len(manifest["slides"])
-        entry: dict[str, Any] = {"path": key, "name": path.name}
+        entry: dict[str, Any] = {"path": key, "name": path.name, "real": spec.to_dict()}
         try:
-            reader = SlideReader(path, slide_mpp)
+            reader = spec.open()
         except SlideReadError as e:
             report(f"skipped: {e}")
             manifest["slides"] = [s for s in manifest["slides"] if s["path"] != key]
