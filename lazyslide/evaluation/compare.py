@@ -164,13 +164,10 @@ def _paired(reports: list[dict[str, Any]], labels: list[str], group: int, levels
             if r is None or a is None or b is None or min(len(a), len(b)) < 4:
                 cells.append("n/a")
                 continue
-            cells.append(fmt_interval(*_triple(kid_difference(r, a, b)), 2))
+            value, lo, hi = kid_difference(r, a, b)
+            cells.append(fmt_interval(value, [lo, hi], 2))
         out.append(f"| {label} | " + " | ".join(cells) + " |")
     return out
-
-
-def _triple(v: tuple[float, float, float]) -> tuple[float, list[float]]:
-    return v[0], [v[1], v[2]]
 
 
 def _f(v: float | None) -> str:

@@ -179,8 +179,7 @@ def evaluate(
     for gi, grp in enumerate(groups):
         gen = _metrics({lv: (v[0], fake_f[lv]) if v else None for lv, v in real_f[gi].items()},
                        None if real_cf[gi] is None else (real_cf[gi][0], fake_cf), g, k, draws, seed)
-        floor = _metrics({lv: v if v else None for lv, v in real_f[gi].items()},
-                         None if real_cf[gi] is None else real_cf[gi], g, k, draws, seed)
+        floor = _metrics(real_f[gi], real_cf[gi], g, k, draws, seed)
         rows.append({"label": grp.label, **gen, REAL_VS_REAL: floor})
     memorisation = _audit(out, fakes, fake_f, train_px, train_f, reals[0], real_f[0], seed) if audit else None
     protocol = {
