@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from lazyslide.errors import LazySlideError
-from lazyslide.evaluation.sources import FileSlide, folder_images
+from lazyslide.evaluation.sources import MAX_PIXELS, FileSlide, folder_images
 from lazyslide.geometry import preset
 
 from .test_prepare import SVS
@@ -67,12 +67,12 @@ def test_a_decompression_bomb_is_refused_from_its_header(tmp_path):
     data = bomb_png(60000, 60000)
     assert len(data) < 300
     msg = refused(tmp_path, "bomb.png", data)
-    assert "60000x60000 px" in msg and str(Image.MAX_IMAGE_PIXELS) in msg
+    assert "60000x60000 px" in msg and str(MAX_PIXELS) in msg
     assert f"level 0 images must be {T}x{T} px" in msg
 
 
 def test_an_image_between_pillows_limit_and_twice_it_is_refused_too(tmp_path):
-    side = int((1.5 * Image.MAX_IMAGE_PIXELS) ** 0.5)  # Pillow only warns here
+    side = int((1.5 * MAX_PIXELS) ** 0.5)  # Pillow only warns here
     msg = refused(tmp_path, "big.png", bomb_png(side, side))
     assert f"{side}x{side} px" in msg and "decompression-bomb" in msg
 
@@ -191,3 +191,10 @@ def test_the_cli_prints_one_line_and_no_traceback(tmp_path):
     assert len(lines) == 1, r.stderr
     assert lines[0].startswith(f"lazyslide: error: --samples {sub / 'bomb.png'}: ")
     assert "60000x60000 px" in lines[0]
+
+
+def test_the_limit_holds_when_another_library_switched_pillows_off(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # large_image does this on import
+    side = int((1.5 * MAX_PIXELS) ** 0.5)
+    msg = refused(tmp_path, "big.png", bomb_png(side, side))
+    assert f"{side}x{side} px" in msg and "decompression-bomb" in msg

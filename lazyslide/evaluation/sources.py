@@ -36,6 +36,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 #: A page is "of level k's um/px" within this relative difference (TIFF resolutions are
 #: rationals of pixels per centimetre: exact to about 1e-7).
 MPP_MATCH = 1e-4
+# Pillow's default decompression-bomb limit, kept here: other libraries set the global
+# Image.MAX_IMAGE_PIXELS to None on import (large_image does), which would switch the check off.
+MAX_PIXELS = 89_478_485
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,11 @@ def _declared_size(e: Exception) -> str:
     return f"{m.group(1)} pixels" if m else "a size"
 
 
+def _bomb(where: str, size: str, must: str) -> str:
+    return (f"{where}: the header declares {size}, over the decompression-bomb limit of "
+            f"{MAX_PIXELS} pixels; not decoded; {must}")
+
+
 def _read_tile(p: Path, t: int, level: int, mpp: float) -> np.ndarray:
     """One ``t`` x ``t`` uint8 RGB image, or a ``LazySlideError`` naming the file and what is wrong.
     The header is read first (``Image.open`` is lazy): an image of any other size, mode or frame
@@ -199,10 +207,7 @@ def _read_tile(p: Path, t: int, level: int, mpp: float) -> np.ndarray:
         try:
             im = Image.open(p)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise LazySlideError(
-                f"{where}: the header declares {_declared_size(e)}, over Pillow's decompression-bomb "
-                f"limit of {Image.MAX_IMAGE_PIXELS} pixels (Image.MAX_IMAGE_PIXELS); not decoded; "
-                f"{must}") from None
+            raise LazySlideError(_bomb(where, _declared_size(e), must)) from None
         except Image.UnidentifiedImageError:
             raise LazySlideError(f"{where}: not an image file Pillow can identify "
                                  f"(corrupt, truncated or not an image)") from None
@@ -212,6 +217,8 @@ def _read_tile(p: Path, t: int, level: int, mpp: float) -> np.ndarray:
             raise LazySlideError(f"{where}: not a readable image ({type(e).__name__}: {e})") from None
     with im:
         w, h = im.size
+        if w * h > MAX_PIXELS:  # whatever Pillow's global limit is now
+            raise LazySlideError(_bomb(where, f"{w}x{h} px ({w * h} pixels)", must))
         if (w, h) != (t, t):
             raise LazySlideError(f"{where}: {w}x{h} px; {must}")
         try:
