@@ -1,19 +1,22 @@
 """The one place that knows imagen-pytorch: its import (offline), how its Unet is built from a
 model config, and its call signature (adapted to ``networks.Denoiser``).
 
-imagen-pytorch evaluates ``get_encoded_dim('google/t5-v1_1-base')`` as a default argument of
-``Unet.__init__`` at import time, which calls ``T5Config.from_pretrained`` and so reaches the
-Hugging Face hub (13-28 s timeout offline, then ``OSError``). lazyslide never conditions on
-text, so for the duration of the import only we answer that call with the T5-base config
-(d_model 768) locally. Nothing else is patched and the patch is undone afterwards.
+imagen-pytorch's ``t5`` module imports all of transformers (about 5 s on 2 cores) and its
+``Unet`` evaluates ``get_encoded_dim('google/t5-v1_1-base')`` as a default argument at import
+time, which calls ``T5Config.from_pretrained`` and so reaches the Hugging Face hub (13-28 s
+timeout offline, then ``OSError``). lazyslide never conditions on text, so imagen is imported
+with ``T5_FREE`` standing in for ``imagen_pytorch.t5``: it answers the one question imagen asks
+at import time (T5-base's width, 768, what the hub's config says) and refuses text encoding
+with a clear error. Nothing else is changed; transformers is not imported at all.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import sys
+import types
 import warnings
-from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -25,32 +28,41 @@ from .errors import ModelError
 
 _module: ModuleType | None = None
 
+#: T5-base's d_model (google/t5-v1_1-base's config.json), imagen's default text width
+T5_BASE_DIM = 768
 
-@contextlib.contextmanager
-def _offline_t5_config() -> Iterator[None]:
-    import transformers
 
-    cls_dict = transformers.T5Config.__dict__
-    original = cls_dict.get("from_pretrained")  # normally inherited, so absent here
+def _t5_free() -> ModuleType:
+    """What imagen imports from ``imagen_pytorch.t5``, without transformers (see the docstring)."""
+    mod = types.ModuleType("imagen_pytorch.t5", "lazyslide's stand-in: no text encoder")
+    mod.DEFAULT_T5_NAME = "google/t5-v1_1-base"
+    mod.MAX_LENGTH = 256
 
-    def local_config(cls, *args, **kwargs):  # noqa: ANN001 - mirrors the patched signature
-        return transformers.T5Config(d_model=768)
+    def get_encoded_dim(name: str) -> int:
+        if name != mod.DEFAULT_T5_NAME:
+            raise ModelError(f"lazyslide imports imagen-pytorch without a text encoder; "
+                             f"{name!r} is not available")
+        return T5_BASE_DIM
 
-    transformers.T5Config.from_pretrained = classmethod(local_config)
-    try:
-        yield
-    finally:
-        if original is None:
-            del transformers.T5Config.from_pretrained
-        else:
-            transformers.T5Config.from_pretrained = original
+    def t5_encode_text(*args: Any, **kwargs: Any) -> Any:
+        raise ModelError("lazyslide imports imagen-pytorch without a text encoder (its models "
+                         "are unconditional): pass text embeddings, not texts")
+
+    mod.get_encoded_dim = get_encoded_dim
+    mod.t5_encode_text = t5_encode_text
+    mod.t5_tokenize = mod.t5_encode_tokenized_text = t5_encode_text
+    return mod
 
 
 def imagen() -> ModuleType:
     """Return the ``imagen_pytorch`` module, importing it offline on first use."""
     global _module
     if _module is None:
-        with _offline_t5_config(), warnings.catch_warnings():
+        if "imagen_pytorch" in sys.modules:  # imported by the user already: use theirs
+            _module = sys.modules["imagen_pytorch"]
+            return _module
+        sys.modules.setdefault("imagen_pytorch.t5", _t5_free())
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script deprecation
             warnings.simplefilter("ignore", DeprecationWarning)  # pydantic v1-style config
             import imagen_pytorch
