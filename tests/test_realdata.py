@@ -137,3 +137,42 @@ def test_sources_command_lists_every_source(capsys):
     for name in SOURCES:
         assert f"| {name} |" in out
     assert "| no |" not in out
+
+
+def test_each_source_feeds_only_the_levels_it_can():
+    """The demo geometry (0.5 um/px): overviews feed the coarse levels, high-magnification
+    crops the fine ones; a source is never upsampled past 10 % nor cut as a speck."""
+    import dataclasses
+
+    from lazyslide.geometry import preset
+
+    g = dataclasses.replace(preset("demo"), mpp=0.5)
+
+    def fed(name):
+        s = SOURCES[name]
+        box = s.training
+        size = (box[2] - box[0], box[3] - box[1])
+        return [lv for lv in range(3) if s.unfit(g.level_mpp(lv), g.tile, size, glass_fill=True) is None]
+
+    assert fed("prostate-tma") == [0] and fed("prostate-biopsy") == [0, 1]
+    assert fed("cmu-skin") == fed("prostate") == fed("ovary-stroma") == [1, 2]
+    # at 78 um/px the core is 38 px thin: a training pair on glass, not a whole-tile reference
+    core, coarse = SOURCES["prostate-biopsy"], preset("demo").level_mpp(0)
+    assert core.unfit(coarse, g.tile, (2940, 1000), glass_fill=True) is None
+    assert "narrower than half" in core.unfit(coarse, g.tile, (2940, 1000), glass_fill=False)
+
+
+def test_prepare_cuts_a_source_only_at_the_levels_it_feeds(tmp_path):
+    from lazyslide.training.prepare import load_manifest, prepare
+
+    from .test_prepare import GEOM
+
+    messages = []
+    prepare(["prostate-tma"], tmp_path / "d", GEOM, strides=[256, 256, 256], progress=False,
+            report=messages.append)
+    m = load_manifest(tmp_path / "d")
+    (entry,) = m["slides"]
+    assert entry["status"] == "ok" and entry["counts"]["0"] > 0
+    assert set(entry["not_fed"]) == {"1", "2"} and "coarser than" in entry["not_fed"]["1"]
+    assert {sh["level"] for sh in m["shards"]} == {0}
+    assert "level 1: not fed (15 um/px is coarser" in messages[-1]

@@ -336,3 +336,25 @@ def test_trained_inpainting_crops_hold_the_known_pixels_edge(data, tmp_path):
     assert torch.allclose(b.cond[:, -4:-1], b.x0 * masks)
     partly = [bool(m.any()) and not bool(m.all()) for m in masks]
     assert sum(partly) >= 4  # crops across the edge (uniform 8 px crops of 32 px: ~1 in 8)
+
+
+def test_balance_by_slide_draws_each_slide_equally_and_is_recorded(data, tmp_path):
+    """A slide with 10 pairs beside one with 1000: "slides" draws each about half the time,
+    only pairs of the drawn slide, reproducibly; the setting is part of the run (resume checks it)."""
+    from lazyslide.training.dataset import PairDataset
+
+    ds = object.__new__(PairDataset)
+    ds.slide = np.array([3] * 1000 + [7] * 10)
+    rng = torch.Generator().manual_seed(0)
+    idx = ds.draw_by_slide(4000, rng)
+    small = (ds.slide[idx.numpy()] == 7).mean()
+    assert 0.45 < small < 0.55 and idx.min() >= 0 and idx.max() < 1010
+    assert set(idx[ds.slide[idx.numpy()] == 7].tolist()) == set(range(1000, 1010))
+    assert torch.equal(idx, ds.draw_by_slide(4000, torch.Generator().manual_seed(0)))
+    run = tmp_path / "run"
+    Trainer(data, run, 0, 1, TrainSettings(balance="slides")).fit(1, checkpoint_every=1, progress=False)
+    assert json.loads((run / "config.json").read_text())["settings"]["balance"] == "slides"
+    with pytest.raises(TrainError, match="another settings"):
+        Trainer(data, run, 0, 1, TrainSettings())
+    with pytest.raises(TrainError, match="balance must be one of"):
+        Trainer(data, tmp_path / "r2", 0, 1, TrainSettings(balance="organs"))

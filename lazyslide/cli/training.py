@@ -59,6 +59,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                        help="how the unets learn the pixels neighbours fixed: 'repaint' (the "
                        "paper: they do not; the sampler resamples) or 'trained' (known pixels and "
                        "mask as conditioning channels; default: the preset's)")
+    train.add_argument("--balance", choices=["pairs", "slides"], default="pairs",
+                       help="draw batches over pairs (default, the paper's) or over slides first, "
+                            "so a small source is not drowned by a large one")
     train.add_argument("--threads", type=int, help="torch CPU threads")
     train.add_argument("--device", help="'cpu' to force the CPU (default: accelerate's choice)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -146,7 +149,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     settings = TrainSettings(batch_size=args.batch_size, lr=args.lr, seed=args.train_seed,
-                             crop=args.crop, ema_beta=args.ema_beta)
+                             crop=args.crop, ema_beta=args.ema_beta, balance=args.balance)
     trainer = Trainer(args.data, args.output, args.level, args.unet, settings, device=args.device,
                       init=args.init, conditioning=args.conditioning,
                       inpainting=args.inpainting)

@@ -42,9 +42,8 @@ class Reference:
         mpp = geometry.level_mpp(level)
         out = []
         for spec, reader in zip(self.specs, self.readers, strict=True):
-            fine = spec.source.feeds(mpp) if spec.source else True
-            big = min(reader.size) * reader.mpp / mpp >= geometry.tile / 2
-            if fine and (big or spec.source is None):
+            if spec.source is None or spec.source.unfit(mpp, geometry.tile, reader.size,
+                                                        glass_fill=False) is None:
                 out.append(reader)
         return out
 

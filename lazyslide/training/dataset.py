@@ -98,16 +98,19 @@ class PairDataset:
         if not shards:
             raise DatasetError(f"{folder}: level {level} holds no pairs (every target was background "
                                "or no slide could be read)")
-        targets, windows = [], []
+        targets, windows, slides = [], [], []
         for s in shards:
             base = self.folder / s["file"]
             try:
                 targets.append(np.load(f"{base}.targets.npy"))
+                slides.append(np.full(len(targets[-1]), s.get("slide", 0)))
                 if level > 0:
                     windows.append(np.load(f"{base}.windows.npy"))
             except (OSError, ValueError) as e:
                 raise DatasetError(f"{base}: unreadable shard ({e})") from None
         self.targets = np.concatenate(targets)
+        #: the manifest's slide index of every pair (``draw_by_slide``)
+        self.slide = np.concatenate(slides)
         self.windows = np.concatenate(windows) if level > 0 else None
         t = self.geometry.tile
         if self.targets.shape[1:] != (t, t, 3):
@@ -116,6 +119,16 @@ class PairDataset:
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def draw_by_slide(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` pair indices: a slide uniformly among those with pairs, then one of its pairs."""
+        order = torch.from_numpy(np.argsort(self.slide, kind="stable"))
+        _, counts = np.unique(self.slide, return_counts=True)
+        counts = torch.from_numpy(counts)
+        starts = torch.cumsum(counts, 0) - counts
+        which = torch.randint(len(counts), (n,), generator=generator)
+        offset = (torch.rand(n, generator=generator) * counts[which]).long().clamp_max(counts[which] - 1)
+        return order[starts[which] + offset]
 
     def stage_batch(self, index: Tensor, stage: int, *, generator: torch.Generator | None = None,
                     augment: bool = True, crop: int | None = None) -> StageBatch:

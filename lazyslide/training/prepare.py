@@ -147,7 +147,9 @@ def prepare(
     smooth fragment of about that size on glass (``fragments.FragmentMask``), for slides that
     are crops of tissue without glass. A slide that cannot be read is reported and skipped;
     slides already in the manifest are not read again. A packaged real source (``realdata``,
-    e.g. ``"prostate"``) gives its training region only: the held-out one never enters a pair.
+    e.g. ``"prostate"``) gives its training region only: the held-out one never enters a pair,
+    and only to the levels it can feed (``RealSource.unfit``: fine enough, not a speck; the
+    manifest's ``not_fed`` says why a level got none).
     """
     from tqdm import tqdm
 
@@ -214,6 +216,12 @@ def prepare(
             _atomic_json(out / "manifest.json", manifest)
             continue
         entry.update(mpp=reader.mpp, size=list(reader.size), counts={}, skipped={}, glass={})
+        # a packaged source feeds only the levels it can (RealSource.unfit); a user's file, all
+        unfit = {lv: spec.source.unfit(geometry.level_mpp(lv), t, reader.size, glass_fill=True)
+                 for lv in levels} if spec.source else {}
+        unfit = {lv: why for lv, why in unfit.items() if why}
+        if unfit:
+            entry["not_fed"] = {str(lv): why for lv, why in unfit.items()}
         shards: list[dict] = []
         try:
             otsu = OtsuMask(reader) if tissue_method == "otsu" else None
@@ -228,6 +236,9 @@ def prepare(
                 glass = {lv: g or (DEFAULT_GLASS if fragments else None) for lv, g in glass.items()}
             extent = (reader.size[0] * reader.mpp, reader.size[1] * reader.mpp)  # micrometres
             for lv in levels:
+                if lv in unfit:
+                    entry["counts"][str(lv)] = entry["skipped"][str(lv)] = 0
+                    continue
                 mpp = geometry.level_mpp(lv)
                 to_base = mpp / reader.mpp  # baseline pixels per level pixel
                 xs = axis_origins(reader.size[0] / to_base, t, strides[lv])
@@ -293,7 +304,8 @@ def prepare(
             s["slide"] = index
         manifest["shards"].extend(shards)
         _atomic_json(out / "manifest.json", manifest)
-        counts = ", ".join(f"level {lv}: {entry['counts'][str(lv)]} pairs "
+        counts = ", ".join(f"level {lv}: not fed ({unfit[lv]})" if lv in unfit else
+                           f"level {lv}: {entry['counts'][str(lv)]} pairs "
                            f"({entry['skipped'][str(lv)]} background skipped)" for lv in levels)
         report(f"{path.name} ({reader.size[0]}x{reader.size[1]} px, {reader.mpp:.3f} um/px): {counts}")
     return manifest

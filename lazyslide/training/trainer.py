@@ -75,6 +75,13 @@ class TrainSettings:
     ema_update_every: int = 1
     max_grad_norm: float = 1.0
     min_snr_gamma: float = 5.0
+    #: how a batch is drawn: "pairs" (every pair equally likely, as the authors train) or
+    #: "slides" (a slide, then one of its pairs): with several sources, a large one (a TMA
+    #: overview's thousands of level-0 targets) does not drown a small one (a needle core's dozens)
+    balance: str = "pairs"
+
+
+BALANCE = ("pairs", "slides")
 
 
 def model_config(preset: str | None, geometry: dict) -> dict[str, Any]:
@@ -125,6 +132,8 @@ class Trainer:
             raise TrainError(f"--unet must be in 1..{n_stages}, got {unet}")
         self.level, self.stage = level, unet - 1
         settings = settings or TrainSettings()
+        if settings.balance not in BALANCE:
+            raise TrainError(f"balance must be one of {', '.join(BALANCE)}, got {settings.balance!r}")
         if settings.crop is None:
             settings.crop = CROPS.get(self.dataset.preset, [None] * n_stages)[self.stage]
         self.settings = settings
@@ -192,6 +201,8 @@ class Trainer:
             if old.get("format") != RUN_FORMAT:
                 raise TrainError(f"{self.run} is not a lazyslide training run")
             mine = json.loads(json.dumps(self.config))
+            if isinstance(old.get("settings"), dict):  # runs from before a setting existed
+                old["settings"] = {**asdict(TrainSettings()), **old["settings"]}
             for key in ("level", "unet", "preset", "model", "architecture", "settings"):
                 if old.get(key) != mine[key]:
                     raise TrainError(
@@ -245,7 +256,10 @@ class Trainer:
         s, st = self.settings, self.cascade_stage
         g = torch.Generator().manual_seed(
             derive_seed("train", s.seed, self.level, self.stage, self.step, self.accelerator.process_index))
-        index = torch.randint(len(self.dataset), (s.batch_size,), generator=g)
+        if s.balance == "slides":
+            index = self.dataset.draw_by_slide(s.batch_size, g)
+        else:
+            index = torch.randint(len(self.dataset), (s.batch_size,), generator=g)
         b = self.dataset.stage_batch(index, self.stage, generator=g, crop=s.crop)
         dev = self.accelerator.device
         self.unet.train()
