@@ -171,3 +171,21 @@ def test_pairs_figure_writes_png_of_expected_size(tmp_path):
     few = mem.pairs_figure(gen_img[:3], train_img, idx[:3], dist[:3], tmp_path / "few.png")
     with Image.open(few) as im:
         assert im.size[0] == 3 * col + 4 * g
+
+
+def test_no_verdict_against_held_out_tissue_of_other_organs(tmp_path):
+    """Against another organ every generator sits closer to its training data than the reference
+    does: the audit keeps C_T but gives no verdict then."""
+    from lazyslide.evaluation.evaluate import _audit
+    from lazyslide.evaluation.memorisation import VERDICT_SHIFTED
+
+    rng = np.random.default_rng(0)
+    px = lambda n: rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8)  # noqa: E731
+    ft = lambda n: rng.normal(size=(n, 16))  # noqa: E731
+    args = ({2: px(12)}, {2: ft(12)}, {2: px(40)}, {2: ft(40)}, {2: (px(10), px(10))},
+            {2: (ft(10), ft(10))}, 0)
+    plain = _audit(tmp_path, *args)["2"]
+    shifted = _audit(tmp_path, *args, shifted=True)["2"]
+    assert plain["features"]["verdict"] != VERDICT_SHIFTED
+    assert shifted["features"]["verdict"] == shifted["pixels"]["verdict"] == VERDICT_SHIFTED
+    assert shifted["features"]["C_T"] == plain["features"]["C_T"]

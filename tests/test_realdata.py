@@ -91,9 +91,11 @@ def test_the_default_protocol_uses_no_training_pixel():
     assert specs and not any(trained_on(s, record) for s in specs)
     assert all(s.source.name != "cmu-skin" for s in specs) and protocol.left_out
     assert [s.label for s in protocol.training] == ["cmu-skin:all"]
+    assert [g.shifted for g in protocol.groups] == [True]  # other organs only: no audit verdict
     v10 = [{"source": n, "region": "training"} for n in ("cmu-skin", "prostate", "ovary-stroma")]
     protocol = resolve(v10)
     same, other = protocol.groups
+    assert not same.shifted and other.shifted
     assert {s.label for s in same.specs} == {"cmu-skin:held-out", "prostate:held-out",
                                              "prostate-biopsy:held-out", "prostate-tma:held-out",
                                              "ovary-nest:held-out"}

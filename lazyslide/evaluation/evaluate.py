@@ -181,7 +181,8 @@ def evaluate(
                        None if real_cf[gi] is None else (real_cf[gi][0], fake_cf), g, k, draws, seed)
         floor = _metrics(real_f[gi], real_cf[gi], g, k, draws, seed)
         rows.append({"label": grp.label, **gen, REAL_VS_REAL: floor})
-    memorisation = _audit(out, fakes, fake_f, train_px, train_f, reals[0], real_f[0], seed) if audit else None
+    memorisation = _audit(out, fakes, fake_f, train_px, train_f, reals[0], real_f[0], seed,
+                          shifted=groups[0].shifted) if audit else None
     protocol = {
         "real": [grp.to_dict(training_data) for grp in groups],
         "left_out": protocol_refs.left_out,
@@ -358,11 +359,13 @@ def mean_tissue_lab(images: np.ndarray) -> np.ndarray | None:
 def _audit(out: Path, fakes: dict[int, np.ndarray], fake_f: dict[int, np.ndarray | None],
            train_px: dict[int, np.ndarray], train_f: dict[int, np.ndarray],
            reals: dict[int, tuple[np.ndarray, np.ndarray] | None],
-           real_f: dict[int, tuple[np.ndarray, np.ndarray] | None], seed: int) -> dict[str, Any]:
+           real_f: dict[int, tuple[np.ndarray, np.ndarray] | None], seed: int,
+           shifted: bool = False) -> dict[str, Any]:
     """Per level: the data-copying test (``memorisation``) of the generated patches against the
     training patches, with held-out real patches as the reference, in feature space and in
-    pixels; and a figure of the generated patches closest to a training patch."""
-    from .memorisation import audit, pairs_figure, pixel_vectors
+    pixels; and a figure of the generated patches closest to a training patch. ``shifted``: the
+    reference shows other organs than the training data, so no verdict (C_T is still given)."""
+    from .memorisation import VERDICT_SHIFTED, audit, pairs_figure, pixel_vectors
 
     result: dict[str, Any] = {}
     for lv, gen in fakes.items():
@@ -375,6 +378,9 @@ def _audit(out: Path, fakes: dict[int, np.ndarray], fake_f: dict[int, np.ndarray
              "features": audit(train_f[lv], held_f, fake_f[lv], seed=seed),
              "pixels": audit(pixel_vectors(train_px[lv]), pixel_vectors(held_px), pixel_vectors(gen),
                              seed=seed)}
+        if shifted:
+            for space in ("features", "pixels"):
+                v[space].update(verdict=VERDICT_SHIFTED, copying=None)
         near = v["features"]
         pairs_figure(gen, train_px[lv], near["nearest_train_index"], near["nearest_train_distance"],
                      out / f"memorisation_level{lv}.png")
@@ -480,6 +486,13 @@ def markdown(report: dict[str, Any]) -> str:
                   "i.e. copying. Distance ratio: median distance of generated / held-out patches to "
                   "their nearest training patch. Figures: `memorisation_level{L}.png`, the closest "
                   "generated patches above their nearest training patch.", ""]
+        groups = report["protocol"].get("real") or [{}]
+        if groups[0].get("shifted"):
+            lines += [f"No verdict: the held-out reference ({groups[0]['label']}) is not of the "
+                      "training data's organs, so generated tissue sits closer to the training data "
+                      "than the reference does whether or not it copies. A model that learnt every "
+                      "region of its organ leaves no held-out tissue of that organ to audit against.",
+                      ""]
     lines += ["## Cross-scale consistency and tile grid", "",
               *consistency_table([(name, report["consistency"]["generated"]),
                                   ("real (held-out)", report["consistency"]["real"])])]

@@ -46,6 +46,9 @@ VERDICT_COPYING = "copies training data"
 VERDICT_NONE = "no evidence of copying"
 VERDICT_UNDERFIT = "no evidence of copying (farther from training data than held-out data: underfits)"
 VERDICT_INCONCLUSIVE = "inconclusive: too few generated samples per cell"
+#: The held-out reference shows other organs than the training data: generated tissue then sits
+#: closer to the training data than the reference does whether or not it copies (the shift).
+VERDICT_SHIFTED = "inconclusive: held-out tissue of other organs than the training data"
 
 # pairs_figure's layout, in pixels
 FIGURE_GAP = 4

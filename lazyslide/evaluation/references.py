@@ -28,6 +28,9 @@ class Reference:
     label: str
     specs: list[RealSpec]
     readers: list[SlideReader] = field(default_factory=list)
+    #: tissue of other organs than the training data (domain shift): no reference for the
+    #: memorisation audit, which needs held-out tissue of the training distribution
+    shifted: bool = False
 
     def open(self) -> Reference:
         for spec in self.specs:
@@ -48,7 +51,7 @@ class Reference:
         return out
 
     def to_dict(self, training_data: list[dict] | None) -> dict:
-        return {"label": self.label,
+        return {"label": self.label, "shifted": self.shifted,
                 "sources": [{**s.to_dict(), "trained_on": None if training_data is None
                              else trained_on(s, training_data)} for s in self.specs]}
 
@@ -82,7 +85,7 @@ def resolve(training_data: list[dict] | None, real: Sequence[str | Path | RealSp
     if real:
         groups = [Reference("real", _specs(real, slide_mpp, "held-out"))]
         if shift:
-            groups.append(Reference("domain shift", _specs(shift, slide_mpp, "held-out")))
+            groups.append(Reference("domain shift", _specs(shift, slide_mpp, "held-out"), shifted=True))
     else:
         if shift:
             raise LazySlideError("--shift goes with --real (the default protocol groups by organ itself)")
@@ -103,7 +106,7 @@ def resolve(training_data: list[dict] | None, real: Sequence[str | Path | RealSp
             groups.append(Reference(f"held-out {', '.join(sorted(organs))}", same))
         if other:
             names = sorted({s.organ for s in other})
-            groups.append(Reference(f"other organs ({', '.join(names)})", other))
+            groups.append(Reference(f"other organs ({', '.join(names)})", other, shifted=True))
     if training is not None:
         train = _specs(training, slide_mpp, "training")
     else:
