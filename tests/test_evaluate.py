@@ -275,3 +275,21 @@ def test_the_audit_flags_a_generator_that_returns_training_patches(small_model, 
     # features see a shifted copy of training tissue; pixels, at other offsets, need not
     assert verdicts["copies"][0] == "copies training data", verdicts
     assert not any(v == "copies training data" for v in verdicts["unseen"]), verdicts
+
+
+def test_the_references_do_not_depend_on_how_many_images_a_report_has(small_model, tmp_path, extractor):
+    """Two "generators" with 24 and 9 level-2 images: the same real patches (digest) and one
+    table; the floors differ (each at its row's n), the references do not."""
+    from lazyslide.evaluation.compare import compare
+    from lazyslide.evaluation.evaluate import evaluate
+
+    mpp = small_model.geometry.level_mpp(2)
+    reports = []
+    for name, count in (("many", 24), ("few", 9)):
+        folder = _level_folder(small_model, "prostate:training", tmp_path, name, count=count)
+        reports.append(evaluate(small_model, ["ovary-nest"], tmp_path / f"r-{name}", samples=folder,
+                                samples_mpp=mpp, extractor=extractor, n=16, progress=False, audit=False))
+    assert reports[0]["protocol"]["real_features"] == reports[1]["protocol"]["real_features"]
+    assert [r["levels"]["2"]["n_generated"] for r in reports] == [24, 9]
+    compare([tmp_path / "r-many", tmp_path / "r-few"], tmp_path / "cmp")
+    assert "few" in (tmp_path / "cmp" / "compare.md").read_text()

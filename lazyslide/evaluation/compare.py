@@ -56,15 +56,28 @@ def load(folder: str | Path) -> dict[str, Any]:
     return report
 
 
+def _what_counts(field: str, value: Any) -> Any:
+    """The part of a protocol field that changes the metrics: for the references, each group's
+    label and its images (source or file, region, box); descriptions (organ, licence) aside."""
+    if field != "real" or not isinstance(value, list):
+        return value
+    return [(g.get("label"), [(s.get("source") or s.get("file"), s.get("region"), s.get("box"))
+                              for s in g.get("sources", [])]) for g in value if isinstance(g, dict)]
+
+
 def check(reports: list[dict[str, Any]], names: list[str]) -> None:
     """Refuse reports whose protocols differ, naming the field and the reports."""
     first = reports[0]["protocol"]
     for report, name in zip(reports[1:], names[1:], strict=True):
+        no_pfid = not (reports[0].get("pfid_measured", True) and report.get("pfid_measured", True))
         for field, what in PROTOCOL.items():
-            if report["protocol"].get(field) != first.get(field):
+            if field == "pfid_n" and no_pfid:  # a report without pFID (--no-pfid) has no crops
+                continue
+            a, b = (_what_counts(field, p.get(field)) for p in (first, report["protocol"]))
+            if a != b:
                 raise LazySlideError(
-                    f"{names[0]} and {name} differ in {what} ({field}: {first.get(field)!r} vs "
-                    f"{report['protocol'].get(field)!r}): their metrics are not comparable; "
+                    f"{names[0]} and {name} differ in {what} ({field}: {str(a)[:240]!s} vs "
+                    f"{str(b)[:240]!s}): their metrics are not comparable; "
                     "evaluate both with the same --real, --n, --pfid-n, --draws, --features and "
                     "model geometry")
 

@@ -116,7 +116,11 @@ def evaluate(
         source = f"slide file {samples}"
         row = name or Path(samples).stem
     out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
+    # one random stream per draw (what, group, level), so that the reference patches do not
+    # depend on how many generated images a report has: compare pairs two reports' KIDs over
+    # the same real patches, and a run with fewer generated patches must draw the same ones
+    def rng(*key: int) -> np.random.Generator:
+        return np.random.default_rng([seed, *key])
     extractor = extractor or InceptionFeatures()
     pfid_n = pfid_n or n
 
@@ -142,14 +146,14 @@ def evaluate(
                     reals[gi][lv] = None
                     continue
                 more = len(fakes[lv]) or n  # the floor's "generated" side, at the generated row's n
-                pool = real_patches(readers, g.level_mpp(lv), t, n + more, rng, rule=rule)
+                pool = real_patches(readers, g.level_mpp(lv), t, n + more, rng(0, gi, lv), rule=rule)
                 reals[gi][lv] = (pool[:n], pool[n:])
             if train_refs is not None and train_refs.specs:
                 readers = train_refs.for_level(g, lv)
                 if readers:
                     count = max(2 * n, len(fakes[lv]))
-                    train_px[lv] = real_patches(readers, g.level_mpp(lv), t, count, rng, rule=rule)
-        crops, floor_crops, crop_readers = _pfid_crops(groups, g, pfid_n, rng)
+                    train_px[lv] = real_patches(readers, g.level_mpp(lv), t, count, rng(1, lv), rule=rule)
+        crops, floor_crops, crop_readers = _pfid_crops(groups, g, pfid_n, rng(2))
         real_c = [(real_crops(rd, crops, t), real_crops(rd, floor_crops, t)) if rd else None
                   for rd in crop_readers]
         make = slides and pfid and crops
@@ -157,7 +161,7 @@ def evaluate(
         primary = groups[0]
         consistency = {"generated": generated_consistency(slides, block) if slides else {},
                        "real": real_consistency({lv: primary.for_level(g, lv) for lv in range(g.levels)},
-                                                g, n, block, rng)}
+                                                g, n, block, rng(3))}
         _colour(consistency, fakes, reals[0])
         seams = _seams(slides, {lv: (v[0] if v else empty, None) for lv, v in reals[0].items()}, block,
                        extractor, seed)
@@ -188,8 +192,9 @@ def evaluate(
         "left_out": protocol_refs.left_out,
         "training": [s.to_dict() for s in protocol_refs.training],
         "windows_um": {str(lv): round(t * g.level_mpp(lv - 1), 1) for lv in range(1, g.levels)},
-        "real_features": _digest([f for by in real_f for v in by.values() if v for f in v if f is not None]
-                                 + [f for c in real_cf if c for f in c if f is not None]),
+        # the references only: the floor's patches follow the generated row's n
+        "real_features": _digest([v[0] for by in real_f for v in by.values() if v and v[0] is not None]
+                                 + [c[0] for c in real_cf if c and c[0] is not None]),
         "n": n, "pfid_n": len(crops), "k": k, "draws": draws, "seed": seed,
         "extractor": getattr(extractor, "name", type(extractor).__name__),
         "extractor_digest": getattr(extractor, "digest", None),
@@ -585,7 +590,10 @@ def _write(out: Path, report: dict[str, Any], samples: dict[int, tuple[np.ndarra
 
 
 def _grid(rows: list[np.ndarray], path: Path, pad: int = 4) -> None:
-    """Rows of images (real first, generated below), white gaps."""
+    """Rows of images (real first, generated below), white gaps; no file when all are empty
+    (a level with neither real references nor generated images)."""
+    if not any(len(r) for r in rows):
+        return
     t = next(r.shape[1] for r in rows if len(r))
     k = max(len(r) for r in rows)
     canvas = np.full((len(rows) * (t + pad), k * (t + pad), 3), 255, np.uint8)
