@@ -285,10 +285,11 @@ def test_the_references_do_not_depend_on_how_many_images_a_report_has(small_mode
 
     mpp = small_model.geometry.level_mpp(2)
     reports = []
-    for name, count in (("many", 24), ("few", 9)):
+    for name, count, crops in (("many", 24, 16), ("few", 9, 5)):  # folders have no pFID crops
         folder = _level_folder(small_model, "prostate:training", tmp_path, name, count=count)
         reports.append(evaluate(small_model, ["ovary-nest"], tmp_path / f"r-{name}", samples=folder,
-                                samples_mpp=mpp, extractor=extractor, n=16, progress=False, audit=False))
+                                samples_mpp=mpp, extractor=extractor, n=16, pfid_n=crops,
+                                progress=False, audit=False))
     assert reports[0]["protocol"]["real_features"] == reports[1]["protocol"]["real_features"]
     assert [r["levels"]["2"]["n_generated"] for r in reports] == [24, 9]
     compare([tmp_path / "r-many", tmp_path / "r-few"], tmp_path / "cmp")

@@ -37,7 +37,10 @@ PROTOCOL = {
     "extractor": "feature extractor", "tile": "tile size",
     "level_mpp": "levels' um/px (the model's geometry)",
     "real_features": "real images (their pixels or features)",
+    "real_crop_features": "real pFID crops (their pixels or features)",
 }
+#: fields that only matter when both reports measured pFID
+PFID_FIELDS = ("pfid_n", "real_crop_features")
 
 
 def load(folder: str | Path) -> dict[str, Any]:
@@ -71,7 +74,7 @@ def check(reports: list[dict[str, Any]], names: list[str]) -> None:
     for report, name in zip(reports[1:], names[1:], strict=True):
         no_pfid = not (reports[0].get("pfid_measured", True) and report.get("pfid_measured", True))
         for field, what in PROTOCOL.items():
-            if field == "pfid_n" and no_pfid:  # a report without pFID (--no-pfid) has no crops
+            if field in PFID_FIELDS and no_pfid:  # a report without pFID (--no-pfid) has no crops
                 continue
             a, b = (_what_counts(field, p.get(field)) for p in (first, report["protocol"]))
             if a != b:

@@ -193,8 +193,8 @@ def evaluate(
         "training": [s.to_dict() for s in protocol_refs.training],
         "windows_um": {str(lv): round(t * g.level_mpp(lv - 1), 1) for lv in range(1, g.levels)},
         # the references only: the floor's patches follow the generated row's n
-        "real_features": _digest([v[0] for by in real_f for v in by.values() if v and v[0] is not None]
-                                 + [c[0] for c in real_cf if c and c[0] is not None]),
+        "real_features": _digest([v[0] for by in real_f for v in by.values() if v and v[0] is not None]),
+        "real_crop_features": _digest([c[0] for c in real_cf if c and c[0] is not None]),
         "n": n, "pfid_n": len(crops), "k": k, "draws": draws, "seed": seed,
         "extractor": getattr(extractor, "name", type(extractor).__name__),
         "extractor_digest": getattr(extractor, "digest", None),
