@@ -5,7 +5,7 @@ imagen-pytorch's ``t5`` module imports all of transformers (about 5 s on 2 cores
 ``Unet`` evaluates ``get_encoded_dim('google/t5-v1_1-base')`` as a default argument at import
 time, which calls ``T5Config.from_pretrained`` and so reaches the Hugging Face hub (13-28 s
 timeout offline, then ``OSError``). lazyslide never conditions on text, so imagen is imported
-with ``T5_FREE`` standing in for ``imagen_pytorch.t5``: it answers the one question imagen asks
+with ``_t5_free()`` standing in for ``imagen_pytorch.t5``: it answers the one question imagen asks
 at import time (T5-base's width, 768, what the hub's config says) and refuses text encoding
 with a clear error. Nothing else is changed; transformers is not imported at all.
 """

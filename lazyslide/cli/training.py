@@ -8,6 +8,7 @@ import sys
 from ..conditioning import CONDITIONING, INPAINTING
 from ..errors import LazySlideError
 from ..networks import ARCHITECTURES, DEFAULT_ARCHITECTURE
+from ..training.trainer import BALANCE
 from .common import add_sampling_options, ints, sampling_overrides
 
 
@@ -59,7 +60,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                        help="how the unets learn the pixels neighbours fixed: 'repaint' (the "
                        "paper: they do not; the sampler resamples) or 'trained' (known pixels and "
                        "mask as conditioning channels; default: the preset's)")
-    train.add_argument("--balance", choices=["pairs", "slides"], default="pairs",
+    train.add_argument("--balance", choices=list(BALANCE), default=BALANCE[0],
                        help="draw batches over pairs (default, the paper's) or over slides first, "
                             "so a small source is not drowned by a large one")
     train.add_argument("--threads", type=int, help="torch CPU threads")

@@ -17,6 +17,7 @@ slide, neighbours agree with the tile where they overlap).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -120,12 +121,17 @@ class PairDataset:
     def __len__(self) -> int:
         return len(self.targets)
 
+    @cached_property
+    def _by_slide(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Pair indices grouped by slide, each slide's first position in them and its count
+        (once per dataset, not per training step)."""
+        order = torch.from_numpy(np.argsort(self.slide, kind="stable"))
+        counts = torch.from_numpy(np.unique(self.slide, return_counts=True)[1])
+        return order, torch.cumsum(counts, 0) - counts, counts
+
     def draw_by_slide(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` pair indices: a slide uniformly among those with pairs, then one of its pairs."""
-        order = torch.from_numpy(np.argsort(self.slide, kind="stable"))
-        _, counts = np.unique(self.slide, return_counts=True)
-        counts = torch.from_numpy(counts)
-        starts = torch.cumsum(counts, 0) - counts
+        order, starts, counts = self._by_slide
         which = torch.randint(len(counts), (n,), generator=generator)
         offset = (torch.rand(n, generator=generator) * counts[which]).long().clamp_max(counts[which] - 1)
         return order[starts[which] + offset]

@@ -226,7 +226,8 @@ def prepare(
         try:
             otsu = OtsuMask(reader) if tissue_method == "otsu" else None
             glass: dict[int, GlassStats | None] = {}
-            for lv in {*levels, *(lv - 1 for lv in levels if lv > 0)}:
+            fed = [lv for lv in levels if lv not in unfit]  # glass for targets and their windows
+            for lv in {*fed, *(lv - 1 for lv in fed if lv > 0)}:
                 glass[lv] = measure_glass(reader, geometry.level_mpp(lv))
                 entry["glass"][str(lv)] = None if glass[lv] is None else glass[lv].to_dict()
             if any(g is None for g in glass.values()):
