@@ -1,11 +1,12 @@
-"""Screenshots of the viewer in Chromium, as a new user sees it: the home view at 1280x800 and a
-view of the deepest level over tissue (2 screen px per slide px), for the model card.
+"""Screenshots of the viewer in Chromium, as a new user sees it: the home view at 1280x800, then
+a view of each deeper magnification level over tissue (2 screen px per pixel of that level),
+for the model card.
 
 A real server (``LazySlideServer``) on a loopback port with a tile store folder; with the store
 of an earlier ``bench/demo_quality.py --store`` run its tiles are not made again.
 
     .venv/bin/python bench/screenshots.py [--model demo] [--seed 0] [--store DIR] \\
-        [--out lazyslide/models/demo]
+        [--out lazyslide/models/demo] [--prefix viewer_seed0_] [--format jpg]
 """
 
 from __future__ import annotations
@@ -62,11 +63,15 @@ def main() -> None:
     p.add_argument("--store", default="cache/screenshots")
     p.add_argument("--out", default=".")
     p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for each view")
+    p.add_argument("--prefix", default="viewer_", help="file names: PREFIX + home / level1 / ...")
+    p.add_argument("--format", choices=("png", "jpg"), default="png",
+                   help="jpg (quality 85) keeps a model card's figures small")
     args = p.parse_args()
     from playwright.sync_api import sync_playwright
 
     model = URCDM.from_spec(args.model)
     out = Path(args.out)
+    quality = {"type": "jpeg", "quality": 85} if args.format == "jpg" else {}
     x, y = tissue_point(model, args.seed, TileStore(args.store))
     t0 = time.perf_counter()
     with LiveServer(model, args.store) as live, sync_playwright() as pw:
@@ -78,20 +83,26 @@ def main() -> None:
                                timeout=60_000)
         wait_loaded(page, args.timeout)
         home_level = page.inner_text("#level")
-        page.screenshot(path=str(out / "viewer_home.png"))
+        shots = [out / f"{args.prefix}home.{args.format}"]
+        page.screenshot(path=str(shots[0]), **quality)
         t_home = time.perf_counter() - t0
-        page.evaluate(f"""() => {{ const v = window.lazyslide.viewer, item = v.world.getItemAt(0);
-            const c = item.imageToViewportCoordinates({x}, {y});
-            v.viewport.panTo(c, true); v.viewport.zoomTo(item.imageToViewportZoom(2.0), c); }}""")
-        # animated, as a user's zoom: the viewer follows the animation's level changes
-        page.wait_for_function("document.getElementById('level').textContent === '2'", timeout=30_000)
-        wait_loaded(page, args.timeout)
-        page.screenshot(path=str(out / "viewer_level2.png"))
+        canvases = model.geometry.canvases
+        for level in range(int(home_level) + 1, len(canvases)):
+            zoom = 2.0 * canvases[level] / canvases[-1]  # 2 screen px per pixel of this level
+            page.evaluate(f"""() => {{ const v = window.lazyslide.viewer, item = v.world.getItemAt(0);
+                const c = item.imageToViewportCoordinates({x}, {y});
+                v.viewport.panTo(c, true); v.viewport.zoomTo(item.imageToViewportZoom({zoom}), c); }}""")
+            # animated, as a user's zoom: the viewer follows the animation's level changes
+            page.wait_for_function(f"document.getElementById('level').textContent === '{level}'",
+                                   timeout=30_000)
+            wait_loaded(page, args.timeout)
+            shots.append(out / f"{args.prefix}level{level}.{args.format}")
+            page.screenshot(path=str(shots[-1]), **quality)
         browser.close()
     print("command: .venv/bin/python " + " ".join(sys.argv))
-    print(f"home view (magnification level {home_level}) loaded in {t_home:.0f} s; level-2 view at "
-          f"({x:.0f}, {y:.0f}) after {time.perf_counter() - t0 - t_home:.0f} s more")
-    print(f"wrote {out / 'viewer_home.png'} and {out / 'viewer_level2.png'}")
+    print(f"home view (magnification level {home_level}) loaded in {t_home:.0f} s; the deeper levels "
+          f"at ({x:.0f}, {y:.0f}) after {time.perf_counter() - t0 - t_home:.0f} s more")
+    print("wrote " + ", ".join(str(s) for s in shots))
 
 
 if __name__ == "__main__":

@@ -358,3 +358,26 @@ def test_balance_by_slide_draws_each_slide_equally_and_is_recorded(data, tmp_pat
         Trainer(data, run, 0, 1, TrainSettings())
     with pytest.raises(TrainError, match="balance must be one of"):
         Trainer(data, tmp_path / "r2", 0, 1, TrainSettings(balance="organs"))
+
+
+def test_a_fine_tuned_model_keeps_what_its_starting_model_learnt(runs, data, tmp_path):
+    """A run started from a model (`--init`) inherits that model's record of its training data,
+    so `evaluate` never takes what the starting model learnt for held-out tissue (v10 is v9
+    fine-tuned: v9 learnt all of cmu-skin, v10's own data only its training region). Runs from
+    before the record was kept read it from the starting model."""
+    base = assemble(runs, tmp_path / "base")
+    cfg_path = tmp_path / "base" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    learnt = {"source": "cmu-skin", "region": "all"}
+    cfg_path.write_text(json.dumps({**cfg, "training_data": [*base.config["training_data"], learnt]}))
+    run = tmp_path / "ft"
+    Trainer(data, run, 0, 1, SETTINGS, init=str(tmp_path / "base")).fit(1, checkpoint_every=1,
+                                                                         progress=False)
+    record = json.loads((run / "config.json").read_text())
+    assert learnt in record["init"]["training_data"]
+    model = assemble([run, *runs[1:]], tmp_path / "ft-model")
+    assert learnt in model.config["training_data"]
+    assert all(d in model.config["training_data"] for d in base.config["training_data"])
+    del record["init"]["training_data"]  # a run from before the record
+    (run / "config.json").write_text(json.dumps(record))
+    assert learnt in assemble([run, *runs[1:]], tmp_path / "ft-model2").config["training_data"]

@@ -21,12 +21,26 @@ from .trainer import MODEL_KEYS, TrainError, run_summary
 
 def training_data(summaries: Sequence[dict]) -> list[dict]:
     """What the runs learnt from, from their datasets' manifests: packaged sources with their
-    region (``realdata``), other slides by file name. ``evaluate`` keeps them out of its real
-    references and audits memorisation against them. Empty when no dataset can be read."""
+    region (``realdata``), other slides by file name, and what a fine-tuned run's starting model
+    had learnt (its record, kept in the run; for runs from before that, read from the model).
+    ``evaluate`` keeps them out of its real references and audits memorisation against them.
+    Empty when nothing can be read."""
     from .prepare import DatasetError, load_manifest
 
     seen: dict[str, dict] = {}
+    models: dict[str, list[dict] | None] = {}
     for s in summaries:
+        init = s.get("init") or {}
+        inherited = init.get("training_data")
+        if inherited is None and init.get("model"):
+            if init["model"] not in models:
+                try:
+                    models[init["model"]] = URCDM.from_spec(init["model"]).config.get("training_data")
+                except LazySlideError:
+                    models[init["model"]] = None
+            inherited = models[init["model"]]
+        for item in inherited or ():
+            seen[repr(sorted(item.items()))] = dict(item)
         try:
             manifest = load_manifest(s.get("dataset", {}).get("path", ""))
         except (DatasetError, OSError):

@@ -187,7 +187,10 @@ class Trainer:
             architecture(model_cfg).load_widened(net, state, before)
         except LazySlideError as e:
             raise TrainError(f"--init {spec}: {e}") from None
-        self.config["init"] = {"model": spec, "fingerprint": source.fingerprint}
+        # what the starting model learnt stays learnt: evaluate must not take it as held-out
+        learnt = source.config.get("training_data")
+        self.config["init"] = {"model": spec, "fingerprint": source.fingerprint,
+                               **({"training_data": learnt} if learnt else {})}
         (self.run / "config.json").write_text(json.dumps(self.config, indent=1) + "\n")
 
     # -- run folder --------------------------------------------------------------------------
