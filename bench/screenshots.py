@@ -1,6 +1,6 @@
-"""Screenshots of the viewer in Chromium, as a new user sees it: the home view at 1280x800, then
-a view of each deeper magnification level over tissue (2 screen px per pixel of that level),
-for the model card.
+"""Screenshots of the viewer in Chromium, as a new user sees it: the home view at 1280x800 (the
+whole slide), then a view of each magnification level from 1 over tissue (2 screen px per pixel
+of that level), for the model card.
 
 A real server (``LazySlideServer``) on a loopback port with a tile store folder; with the store
 of an earlier ``bench/demo_quality.py --store`` run its tiles are not made again.
@@ -87,7 +87,7 @@ def main() -> None:
         page.screenshot(path=str(shots[0]), **quality)
         t_home = time.perf_counter() - t0
         canvases = model.geometry.canvases
-        for level in range(int(home_level) + 1, len(canvases)):
+        for level in range(max(1, int(home_level)), len(canvases)):  # the home view is whole
             zoom = 2.0 * canvases[level] / canvases[-1]  # 2 screen px per pixel of this level
             page.evaluate(f"""() => {{ const v = window.lazyslide.viewer, item = v.world.getItemAt(0);
                 const c = item.imageToViewportCoordinates({x}, {y});

@@ -214,6 +214,14 @@ def test_compare_tabulates_reports_and_refuses_other_protocols(small_model, engi
     delta = md.split("Delta KID x 1000 on paired draws")[1].split("| export |")[1].split("\n")[0]
     zero = "0.00 [0.00, 0.00]"
     assert [c.strip() for c in delta.split("|")[:4]] == ["n/a", zero, zero, "n/a"]
+    # a model that learnt other data (its audit's training set differs): still one protocol
+    import shutil
+
+    shutil.copytree(d / "engine", tmp_path / "retrained")
+    report = json.loads((tmp_path / "retrained" / "report.json").read_text())
+    report["protocol"]["training"] = report["protocol"]["training"][:0]
+    (tmp_path / "retrained" / "report.json").write_text(json.dumps(report))
+    assert main(["compare", str(d / "engine"), str(tmp_path / "retrained"), "-o", str(tmp_path / "c1")]) == 0
     other = dict(EVAL, n=10)
     evaluate(small_model, [SVS], tmp_path / "more", samples=tiff, extractor=extractor, **other)
     assert main(["compare", str(d / "engine"), str(tmp_path / "more"), "-o", str(tmp_path / "c2")]) == 2
