@@ -27,10 +27,10 @@ from .evaluate import (
 )
 from .kid import kid_difference
 
-#: protocol fields that must agree, and what a difference means
-#: what two reports must share to be compared. Not the memorisation audit's training data: each
-#: model is audited against what it learnt, and two models that learnt different data (v9 and v10)
-#: are what a comparison is for; the audit's table names each row's n train.
+#: protocol fields that must agree, and what a difference means. Not the memorisation audit's
+#: training data: each model is audited against what it learnt, and two models that learnt
+#: different data (v9 and v10) are what a comparison is for; the audit's table names each row's
+#: n train.
 PROTOCOL = {
     "real": "real references (sources, regions, groups)",
     "extractor_digest": "feature extractor weights (digest)",

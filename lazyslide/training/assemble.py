@@ -39,19 +39,19 @@ def training_data(summaries: Sequence[dict]) -> list[dict]:
                 except LazySlideError:
                     models[init["model"]] = None
             inherited = models[init["model"]]
-        for item in inherited or ():
-            seen[repr(sorted(item.items()))] = dict(item)
+        items = list(inherited or ())
         try:
             manifest = load_manifest(s.get("dataset", {}).get("path", ""))
         except (DatasetError, OSError):
-            continue
+            manifest = {"slides": []}
         for slide in manifest["slides"]:
             if slide.get("status") != "ok":
                 continue
             real = slide.get("real") or {"file": slide["name"]}
-            item = ({"source": real["source"], "region": real["region"]} if "source" in real
-                    else {"file": real["file"]})
-            seen[repr(sorted(item.items()))] = item
+            items.append({"source": real["source"], "region": real["region"]} if "source" in real
+                         else {"file": real["file"]})
+        for item in items:
+            seen[repr(sorted(item.items()))] = dict(item)
     return [seen[k] for k in sorted(seen)]
 
 
