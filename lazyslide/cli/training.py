@@ -32,6 +32,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     prep.add_argument("--fragments", type=float, metavar="UM",
                       help="for crops of tissue without glass: cut each sample to a random smooth "
                       "fragment about UM micrometres across, on glass (synthetic augmentation)")
+    prep.add_argument("--pen-marks", choices=["skip", "keep"], default="skip",
+                      help="pairs touching blue or green pen ink: left out (default) or kept")
     prep.add_argument("--quiet", action="store_true", help="no progress bars")
     prep.set_defaults(func=cmd_prepare)
 
@@ -92,7 +94,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     import dataclasses
 
     from ..geometry import GeometryError, preset
-    from ..training.prepare import TissueRule, prepare
+    from ..training.prepare import prepare
+    from ..wsi import PenRule, TissueRule
 
     try:
         geom = preset(args.preset)
@@ -125,7 +128,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         levels=ints(args.levels, "--levels") if args.levels else None,
         strides=ints(args.stride, "--stride") if args.stride else None,
         slide_mpp=args.slide_mpp, tissue=TissueRule(min_fraction=args.min_tissue),
-        tissue_method=args.tissue, fragments=args.fragments, progress=not args.quiet,
+        tissue_method=args.tissue, fragments=args.fragments,
+        pen=PenRule() if args.pen_marks == "skip" else None, progress=not args.quiet,
         report=report)
     if len(failed) == len(slides):
         raise LazySlideError(f"none of the {len(args.slides)} slide(s) could be read")

@@ -43,7 +43,17 @@ from ..conditioning import centred_footprint
 from ..errors import LazySlideError
 from ..geometry import Geometry
 from ..realdata import RealSpec, parse_spec
-from ..wsi import GlassStats, OtsuMask, SlideReader, SlideReadError, TissueRule, inside_slide, measure_glass
+from ..wsi import (
+    GlassStats,
+    OtsuMask,
+    PenMask,
+    PenRule,
+    SlideReader,
+    SlideReadError,
+    TissueRule,
+    inside_slide,
+    measure_glass,
+)
 from .fragments import DEFAULT_GLASS, FragmentMask
 
 FORMAT = "lazyslide-dataset/1"
@@ -134,6 +144,7 @@ def prepare(
     tissue: TissueRule | None = None,
     tissue_method: str = "hsv",
     fragments: float | None = None,
+    pen: PenRule | None = PenRule(),  # noqa: B008 - frozen
     shard_size: int = 512,
     progress: bool = True,
     report: Callable[[str], None] = print,
@@ -149,7 +160,9 @@ def prepare(
     slides already in the manifest are not read again. A packaged real source (``realdata``,
     e.g. ``"prostate"``) gives its training region only: the held-out one never enters a pair,
     and only to the levels it can feed (``RealSource.unfit``: fine enough, not a speck; the
-    manifest's ``not_fed`` says why a level got none).
+    manifest's ``not_fed`` says why a level got none). ``pen``: pairs whose target or window
+    touches pen ink (``wsi.PenRule``, a slide-level mask) are left out (None: kept); a model
+    learns ink as readily as tissue, and v10's candidate did (MODEL_CARD.md).
     """
     from tqdm import tqdm
 
@@ -180,6 +193,7 @@ def prepare(
         "tissue": {**asdict(tissue), "method": tissue_method},
         "keep": KEEP_RULE,
         "fragments": None if fragments is None else {"size_um": float(fragments)},
+        "pen": None if pen is None else asdict(pen),
         "levels": {str(lv): {"mpp": geometry.level_mpp(lv), "stride": strides[lv]} for lv in levels},
     }
     if (out / "manifest.json").is_file():
@@ -216,6 +230,8 @@ def prepare(
             _atomic_json(out / "manifest.json", manifest)
             continue
         entry.update(mpp=reader.mpp, size=list(reader.size), counts={}, skipped={}, glass={})
+        if pen is not None:
+            entry["pen_skipped"] = {}
         # a packaged source feeds only the levels it can (RealSource.unfit); a user's file, all
         unfit = {lv: spec.source.unfit(geometry.level_mpp(lv), t, reader.size, glass_fill=True)
                  for lv in levels} if spec.source else {}
@@ -225,6 +241,9 @@ def prepare(
         shards: list[dict] = []
         try:
             otsu = OtsuMask(reader) if tissue_method == "otsu" else None
+            ink = PenMask(reader, pen) if pen is not None else None
+            if ink is not None and not ink.mask.any():
+                ink = None
             glass: dict[int, GlassStats | None] = {}
             fed = [lv for lv in levels if lv not in unfit]  # glass for targets and their windows
             for lv in {*fed, *(lv - 1 for lv in fed if lv > 0)}:
@@ -245,7 +264,7 @@ def prepare(
                 xs = axis_origins(reader.size[0] / to_base, t, strides[lv])
                 ys = axis_origins(reader.size[1] / to_base, t, strides[lv])
                 kept: list[tuple[np.ndarray, np.ndarray | None, list[int]]] = []
-                n_kept = n_skipped = n_shards = 0
+                n_kept = n_skipped = n_shards = n_pen = 0
                 bar = tqdm(total=len(xs) * len(ys), desc=f"{path.name} level {lv}", unit="pair",
                            disable=not progress, leave=False)
                 for y in ys:
@@ -279,6 +298,10 @@ def prepare(
                         if not keep:
                             n_skipped += 1
                             continue
+                        if ink is not None and (ink.fraction(*origin, round(t * to_base)) > 0 or (
+                                lv > 0 and ink.fraction(*w_origin, round(t * parent_base)) > 0)):
+                            n_pen += 1
+                            continue
                         kept.append((target, window, record))
                         n_kept += 1
                         if len(kept) == shard_size:
@@ -289,6 +312,8 @@ def prepare(
                 bar.close()
                 entry["counts"][str(lv)] = n_kept
                 entry["skipped"][str(lv)] = n_skipped
+                if pen is not None:
+                    entry["pen_skipped"][str(lv)] = n_pen
         except Exception as e:  # a slide that fails mid-read: report, drop its shards, go on
             for s in shards:
                 for suffix in (".targets.npy", ".windows.npy"):
@@ -307,7 +332,10 @@ def prepare(
         _atomic_json(out / "manifest.json", manifest)
         counts = ", ".join(f"level {lv}: not fed ({unfit[lv]})" if lv in unfit else
                            f"level {lv}: {entry['counts'][str(lv)]} pairs "
-                           f"({entry['skipped'][str(lv)]} background skipped)" for lv in levels)
+                           f"({entry['skipped'][str(lv)]} background skipped"
+                           + (f", {entry['pen_skipped'][str(lv)]} with pen ink"
+                              if entry.get("pen_skipped", {}).get(str(lv)) else "") + ")"
+                           for lv in levels)
         report(f"{path.name} ({reader.size[0]}x{reader.size[1]} px, {reader.mpp:.3f} um/px): {counts}")
     return manifest
 
