@@ -264,7 +264,27 @@ class SlideReader:
 
     def read_rect(self, origin: tuple[int, int], size: tuple[int, int], mpp: float) -> np.ndarray:
         """(h, w) RGB at ``mpp`` (``size`` = (w, h)), top-left at baseline pixel ``origin`` (of the
-        box, when there is one); pixels beyond the slide or the box are ``BACKGROUND_FILL``."""
+        box, when there is one); pixels beyond the slide or the box are ``BACKGROUND_FILL``.
+
+        Only the part on the slide is read: tiatoolbox pads a region that reaches beyond the
+        slide at full resolution before resampling it, which made a 32 px level-0 target of a
+        small slide (5120^2 baseline pixels, nearly all padding) take seconds to read."""
+        k = mpp / self.mpp  # baseline pixels per pixel
+        spans = []  # per axis: the output pixels whose centres lie on the slide (or box)
+        for o, n, extent in zip(origin, size, self.size, strict=True):
+            lo = max(0, math.ceil(-o / k - 0.5))
+            hi = min(n, math.ceil((extent - o) / k - 0.5))
+            spans.append((lo, max(lo, hi)))
+        (x0, x1), (y0, y1) = spans
+        if (x0, x1, y0, y1) == (0, size[0], 0, size[1]):
+            return self._read_rect(origin, size, mpp)
+        out = np.full((size[1], size[0], 3), BACKGROUND_FILL, np.uint8)
+        if x1 > x0 and y1 > y0:
+            part = (origin[0] + round(x0 * k), origin[1] + round(y0 * k))
+            out[y0:y1, x0:x1] = self._read_rect(part, (x1 - x0, y1 - y0), mpp)
+        return out
+
+    def _read_rect(self, origin: tuple[int, int], size: tuple[int, int], mpp: float) -> np.ndarray:
         w, h = size
         x, y = origin
         if self.box is not None:
