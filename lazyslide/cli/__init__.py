@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .. import distribution
 from ..errors import LazySlideError
 from . import evaluation, slides, training
 from .common import default_spec
@@ -24,6 +25,8 @@ __all__ = ["build_parser", "default_spec", "main"]
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lazyslide", description="Lazy, zoom-driven gigapixel "
                                 "synthetic histopathology slides (URCDM).")
+    p.add_argument("--version", action="version",
+                   version=f"{distribution.NAME} {distribution.VERSION} (imported as lazyslide)")
     sub = p.add_subparsers(dest="command", required=True)
     for group in (slides, evaluation, training):
         group.add_commands(sub)

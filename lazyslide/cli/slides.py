@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -117,9 +118,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from ..conditioning import conditioning, inpainting, trained_inpainting
+    from ..distribution import clash_warning
     from ..networks import DEFAULT_ARCHITECTURE
 
     model = load_model(args.model, "cpu", args)
+    if warning := clash_warning():  # after the model: an error stays one line
+        print(warning, file=sys.stderr)
     g = model.geometry
     counts = model.param_counts()
     info = {
