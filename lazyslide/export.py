@@ -8,6 +8,7 @@ Formats:
 - ``ome-tiff``: OME-XML with the pyramid in SubIFDs, for Bio-Formats/QuPath (openslide reads
   only its first level).
 - ``dzi``: a Deep Zoom folder whose descriptor and tiles are byte-identical to the server's.
+- ``ome-zarr``: an OME-NGFF 0.4 folder with the ome-tiff's pages (``ome_zarr.py``).
 
 Every file is written under a temporary name and renamed when complete, so a partial file never
 looks finished. The pages are the levels the viewer shows (``Pyramid``): each magnification
@@ -35,6 +36,7 @@ from PIL import Image
 
 from .deepzoom import DeepZoom
 from .errors import LazySlideError
+from .ome_zarr import write_ome_zarr
 from .openslide_view import OpenSlideView
 from .slide import Slide
 
@@ -87,7 +89,7 @@ def check_export(out: Path, fmt: str, *, compression: str = "jpeg", quality: int
         raise ExportError(f"output folder {out.parent} does not exist")
     taken = [p for p in (out, _dzi_files(out) if fmt == "dzi" else None) if p is not None and p.exists()]
     for p in taken:
-        if p.is_dir() and p == out:
+        if p.is_dir() and p == out and not exporter.folder:
             raise ExportError(f"{out} is a folder: give a file name (nothing was replaced)")
         if not overwrite:
             raise ExportError(f"{p} exists (use --overwrite to replace it)")
@@ -306,6 +308,20 @@ def _write_dzi(slide: Slide, out: Path, *, compression: str, quality: int, tile:
     write_dzi(slide, out, quality=quality, progress=progress)  # JPEG tiles; no TIFF options
 
 
+def _write_ome_zarr(slide: Slide, out: Path, *, compression: str, quality: int, tile: int,
+                    progress: Callable[[], None] | None) -> None:
+    """The folder under its temporary name, renamed when complete (lossless: no TIFF codec)."""
+    tmp = _temporary(out, "partial")
+    try:
+        _remove(tmp)
+        write_ome_zarr(slide, tmp, tile=tile, progress=progress)
+        if out.exists():
+            _remove(out)
+        tmp.rename(out)
+    finally:
+        _remove(tmp)
+
+
 #: ``(slide, out, *, compression, quality, tile, progress)``: writes ``out`` atomically.
 Writer = Callable[..., None]
 
@@ -322,6 +338,8 @@ class Exporter:
     count: Callable[[Slide, int], int]
     #: the name must end in ``extension`` (and no other format may take that extension)
     strict_extension: bool = False
+    #: the export is a folder (a file format's output may not be one)
+    folder: bool = False
 
 
 #: The export formats, by their ``--format`` name. The README's format table follows it.
@@ -342,6 +360,11 @@ EXPORTERS: dict[str, Exporter] = {
     "dzi": Exporter(_write_dzi, ".dzi", "`NAME.dzi` + `NAME_files/`, byte-identical to the "
                     "server's Deep Zoom endpoint", "any Deep Zoom viewer; large_image's deepzoom "
                     "source", lambda slide, tile: DeepZoom(slide).tile_count, strict_extension=True),
+    "ome-zarr": Exporter(_write_ome_zarr, ".ome.zarr", "OME-NGFF 0.4 folder (Zarr 2): every "
+                         "magnification level and its reductions, one tile per chunk, lossless, "
+                         "pixel sizes in um", "napari (napari-ome-zarr), vizarr, tiatoolbox "
+                         "(NGFFWSIReader), zarr", _tiff_counter("ome-tiff"), strict_extension=True,
+                         folder=True),
 }
 FORMATS = tuple(EXPORTERS)
 EXTENSIONS = {name: e.extension for name, e in EXPORTERS.items()}

@@ -36,6 +36,7 @@ def made(small_model, tmp_path_factory):
         for comp in ("jpeg", "deflate"):
             files[fmt, comp] = export(slide, d / f"{comp}-{name}", fmt, compression=comp, tile=64)
     files["dzi", "jpeg"] = export(slide, d / "slide.dzi", "dzi")
+    files["ome-zarr", "lossless"] = export(slide, d / "slide.ome.zarr", "ome-zarr", tile=64)
     return slide, stats, files
 
 
@@ -92,6 +93,55 @@ def test_deflate_pixels_equal_read_region(made, fmt):
         side = pages[i][0]
         page = np.asarray(ts.read_region((0, 0), i, (side, side)))[..., :3]
         assert np.array_equal(page, slide.read_region(level, 0, 0, side, side, factor=factor)), i
+
+
+#: (magnification level, reduction) of each page of the svs / ome-tiff / ome-zarr exports
+NATIVE_PAGES = [(2, 1), (2, 2), (1, 1), (1, 2), (0, 1)]
+
+
+def _folder_bytes(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_ome_zarr_reads_back_as_ngff_equal_to_the_store(made, tmp_path):
+    """zarr (the reference implementation) reads every page equal to the store's pixels; the
+    NGFF 0.4 metadata names the axes, pixel sizes and RGB channels; a rerun writes the same
+    bytes."""
+    import zarr
+
+    slide, _, files = made
+    path = files["ome-zarr", "lossless"]
+    root = zarr.open_group(str(path), mode="r")
+    ms = root.attrs["multiscales"][0]
+    assert ms["version"] == "0.4" and [a["name"] for a in ms["axes"]] == ["c", "y", "x"]
+    assert [a.get("unit") for a in ms["axes"]] == [None, "micrometer", "micrometer"]
+    assert [c["color"] for c in root.attrs["omero"]["channels"]] == ["FF0000", "00FF00", "0000FF"]
+    g = slide.geometry
+    assert [d["path"] for d in ms["datasets"]] == [str(k) for k in range(len(NATIVE_PAGES))]
+    for k, (level, factor) in enumerate(NATIVE_PAGES):
+        arr = root[str(k)]
+        side = g.canvases[level] // factor
+        assert arr.shape == (3, side, side) and arr.chunks == (3, 64, 64) and arr.dtype == np.uint8
+        scale = ms["datasets"][k]["coordinateTransformations"][0]["scale"]
+        assert scale == pytest.approx([1.0, g.level_mpp(level) * factor, g.level_mpp(level) * factor])
+        expected = slide.read_region(level, 0, 0, side, side, factor=factor)
+        assert np.array_equal(np.moveaxis(arr[:], 0, -1), expected), k
+    assert (path / "0" / "0" / "0" / "0").is_file()  # NGFF 0.4: "/"-separated chunk keys
+    again = export(slide, tmp_path / "again.ome.zarr", "ome-zarr", tile=64)
+    assert _folder_bytes(again) == _folder_bytes(path)
+
+
+def test_ome_zarr_opens_in_tiatoolbox(made):
+    from tiatoolbox.wsicore.wsireader import WSIReader
+
+    slide, _, files = made
+    wsi = WSIReader.open(str(files["ome-zarr", "lossless"]))
+    assert type(wsi).__name__ == "NGFFWSIReader"
+    assert tuple(wsi.info.slide_dimensions) == (200, 200) and wsi.info.level_count == 5
+    assert wsi.info.mpp[0] == pytest.approx(slide.geometry.mpp, rel=1e-5)
+    region = wsi.read_bounds((0, 0, 200, 200), resolution=0, units="level")
+    assert np.array_equal(region[..., :3], slide.read_region(2, 0, 0, 200, 200))
 
 
 async def test_dzi_export_equals_the_server(made, aiohttp_client):
