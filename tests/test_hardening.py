@@ -196,7 +196,8 @@ export(slide, sys.argv[3], sys.argv[5], tile=64, progress=progress)
 """
 
 
-@pytest.mark.parametrize("fmt, name, at", [("tiff", "k.tiff", 12), ("dzi", "k.dzi", 5)])
+@pytest.mark.parametrize("fmt, name, at", [("tiff", "k.tiff", 12), ("dzi", "k.dzi", 5),
+                                          ("ome-zarr", "k.ome.zarr", 12)])
 def test_rerun_after_sigkill_mid_export_removes_what_the_killed_run_left(
         slide, small_model, tmp_path, fmt, name, at):
     model_dir = tmp_path / "model"
