@@ -13,7 +13,7 @@ from importlib import metadata
 
 #: The distribution's name on package indexes (pyproject.toml's ``project.name``).
 NAME = "lazyslide-urcdm"
-#: The version of this code (pyproject.toml's ``project.version``).
+#: The version of this code (pyproject.toml takes it from here: ``dynamic = ["version"]``).
 VERSION = "0.1.0"
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,17 +56,15 @@ class TissueRule:
 
 
 class SlideMask:
-    """A boolean mask over a whole slide, made on a thumbnail at ``mpp``; ``fraction(box)`` is
-    its share of a box given in baseline pixels."""
+    """A boolean mask over a whole slide, ``make(thumbnail, mpp)`` of a thumbnail at ``mpp`` (no
+    finer than the slide); ``fraction(box)`` is its share of a box given in baseline pixels."""
 
-    mask: np.ndarray
-    to_thumb: float  # thumbnail pixels per baseline pixel
-
-    @staticmethod
-    def thumbnail(reader: SlideReader, mpp: float) -> np.ndarray:
+    def __init__(self, reader: SlideReader, mpp: float,
+                 make: Callable[[np.ndarray, float], np.ndarray]) -> None:
         mpp = max(mpp, reader.mpp)
         n = [max(1, round(v * reader.mpp / mpp)) for v in reader.size]
-        return reader.read_rect((0, 0), (n[0], n[1]), mpp)
+        self.mask = make(reader.read_rect((0, 0), (n[0], n[1]), mpp), mpp)
+        self.to_thumb = reader.mpp / mpp  # thumbnail pixels per baseline pixel
 
     def fraction(self, x: int, y: int, size: int) -> float:
         f = self.to_thumb
@@ -82,12 +81,14 @@ class OtsuMask(SlideMask):
     ``OtsuTissueMasker`` computes it (which cannot be imported without umap, timm, ...)."""
 
     def __init__(self, reader: SlideReader, max_side: int = 2048) -> None:
+        super().__init__(reader, reader.mpp * max(1.0, max(reader.size) / max_side), self._otsu)
+
+    @staticmethod
+    def _otsu(thumb: np.ndarray, mpp: float) -> np.ndarray:
         from skimage.filters import threshold_otsu
 
-        mpp = reader.mpp * max(1.0, max(reader.size) / max_side)
-        grey = np.asarray(Image.fromarray(self.thumbnail(reader, mpp)).convert("L"))
-        self.mask = grey < threshold_otsu(grey) if grey.min() < grey.max() else np.zeros_like(grey, bool)
-        self.to_thumb = reader.mpp / max(mpp, reader.mpp)
+        grey = np.asarray(Image.fromarray(thumb).convert("L"))
+        return grey < threshold_otsu(grey) if grey.min() < grey.max() else np.zeros_like(grey, bool)
 
 
 @dataclass(frozen=True)
@@ -122,9 +123,7 @@ class PenMask(SlideMask):
     """Where ``rule`` finds pen ink on the slide."""
 
     def __init__(self, reader: SlideReader, rule: PenRule) -> None:
-        mpp = max(rule.mpp, reader.mpp)
-        self.mask = rule.mask(self.thumbnail(reader, mpp), mpp)
-        self.to_thumb = reader.mpp / mpp
+        super().__init__(reader, rule.mpp, rule.mask)
 
 
 @dataclass(frozen=True)
@@ -183,14 +182,18 @@ def measure_glass(reader: SlideReader, mpp: float, *, grid: int = 4, size: int =
                       len(pixels))
 
 
+def _on_axis(start: int, n: int, k: float, extent: int) -> np.ndarray:
+    """(n,) bool: which of n pixels of k baseline pixels each, from baseline pixel ``start``,
+    have their centres inside [0, extent)."""
+    centres = start + (np.arange(n) + 0.5) * k
+    return (centres >= 0) & (centres < extent)
+
+
 def inside_slide(reader: SlideReader, origin: tuple[int, int], size: int, mpp: float) -> np.ndarray:
     """(size, size) bool: which pixels of ``reader.read(origin, size, mpp)`` lie on the slide
     (pixel centres inside its baseline extent), the rest being padding."""
     k = mpp / reader.mpp
-    centres = (np.arange(size) + 0.5) * k
-    xs, ys = origin[0] + centres, origin[1] + centres
-    ok_x = (xs >= 0) & (xs < reader.size[0])
-    ok_y = (ys >= 0) & (ys < reader.size[1])
+    ok_x, ok_y = (_on_axis(o, size, k, e) for o, e in zip(origin, reader.size, strict=True))
     return ok_y[:, None] & ok_x[None, :]
 
 
@@ -270,11 +273,10 @@ class SlideReader:
         slide at full resolution before resampling it, which made a 32 px level-0 target of a
         small slide (5120^2 baseline pixels, nearly all padding) take seconds to read."""
         k = mpp / self.mpp  # baseline pixels per pixel
-        spans = []  # per axis: the output pixels whose centres lie on the slide (or box)
+        spans = []  # per axis: the output pixels that lie on the slide (or box), inside_slide's rule
         for o, n, extent in zip(origin, size, self.size, strict=True):
-            lo = max(0, math.ceil(-o / k - 0.5))
-            hi = min(n, math.ceil((extent - o) / k - 0.5))
-            spans.append((lo, max(lo, hi)))
+            on = np.flatnonzero(_on_axis(o, n, k, extent))
+            spans.append((int(on[0]), int(on[-1]) + 1) if on.size else (0, 0))
         (x0, x1), (y0, y1) = spans
         if (x0, x1, y0, y1) == (0, size[0], 0, size[1]):
             return self._read_rect(origin, size, mpp)
