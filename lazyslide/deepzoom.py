@@ -31,14 +31,15 @@ MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png"}
 class DeepZoom:
     def __init__(self, slide: Slide, *, tile_size: int = 254, overlap: int = 1, quality: int = 90) -> None:
         self.slide = slide
+        self.tile_size, self.overlap = tile_size, overlap
         self.view = OpenSlideView(slide, reduced_levels=True)
         self.dz = DeepZoomGenerator(self.view, tile_size=tile_size, overlap=overlap, limit_bounds=False)
         self.quality = quality
 
-    def descriptor(self) -> str:
+    def descriptor(self, fmt: str = "jpeg") -> str:
         """The .dzi XML, with the declaration that Microsoft's descriptors carry (openslide's
         get_dzi omits it, and readers such as large_image's deepzoom source refuse it then)."""
-        return XML_DECLARATION + self.dz.get_dzi("jpeg")
+        return XML_DECLARATION + self.dz.get_dzi(fmt)
 
     @property
     def level_count(self) -> int:

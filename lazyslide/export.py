@@ -253,10 +253,12 @@ def _thumbnail(slide: Slide, longest: int) -> np.ndarray:
     return np.asarray(img)
 
 
-def write_dzi(slide: Slide, path: Path, *, quality: int = 90,
+def write_dzi(slide: Slide, path: Path, *, quality: int = 90, lossless: bool = False,
               progress: Callable[[], None] | None = None) -> None:
-    """``NAME.dzi`` and ``NAME_files/``, exactly as the server's Deep Zoom endpoint answers."""
+    """``NAME.dzi`` and ``NAME_files/``, exactly as the server's Deep Zoom endpoint answers:
+    JPEG tiles, or PNG ones with ``lossless`` (``--compression deflate``, PNG's own codec)."""
     dz = DeepZoom(slide, quality=quality)
+    ext = "png" if lossless else "jpeg"
     files = _dzi_files(path)
     partial, descriptor = _temporary(files, "partial"), _temporary(path, "partial")
     try:
@@ -266,11 +268,11 @@ def write_dzi(slide: Slide, path: Path, *, quality: int = 90,
             cols, rows = dz.level_tiles(level)
             for row in range(rows):
                 for col in range(cols):
-                    (partial / str(level) / f"{col}_{row}.jpeg").write_bytes(
-                        dz.render(level, col, row, "JPEG"))
+                    (partial / str(level) / f"{col}_{row}.{ext}").write_bytes(
+                        dz.render(level, col, row, ext.upper()))
                     if progress is not None:
                         progress()
-        descriptor.write_text(dz.descriptor(), encoding="utf-8")
+        descriptor.write_text(dz.descriptor(ext), encoding="utf-8")
         if files.exists():
             _remove(files)
         partial.rename(files)
@@ -305,7 +307,7 @@ def _tiff_layout(layout: str) -> Writer:
 
 def _write_dzi(slide: Slide, out: Path, *, compression: str, quality: int, tile: int,
                progress: Callable[[], None] | None) -> None:
-    write_dzi(slide, out, quality=quality, progress=progress)  # JPEG tiles; no TIFF options
+    write_dzi(slide, out, quality=quality, lossless=compression == "deflate", progress=progress)
 
 
 def _write_ome_zarr(slide: Slide, out: Path, *, compression: str, quality: int, tile: int,
@@ -342,7 +344,7 @@ class Exporter:
     folder: bool = False
 
 
-#: The export formats, by their ``--format`` name. The README's format table follows it.
+#: The export formats, by their ``--format`` name. The format table in docs/formats.md follows it.
 EXPORTERS: dict[str, Exporter] = {
     "tiff": Exporter(_tiff_layout("tiff"), ".tiff",
                      "tiled BigTIFF, the deepest level halved (NewSubfileType 1), resolution tags in cm",
@@ -358,8 +360,9 @@ EXPORTERS: dict[str, Exporter] = {
                          "tiffslide, tiatoolbox (and QuPath/Bio-Formats): all levels; openslide: "
                          "level 0 only", _tiff_counter("ome-tiff")),
     "dzi": Exporter(_write_dzi, ".dzi", "`NAME.dzi` + `NAME_files/`, byte-identical to the "
-                    "server's Deep Zoom endpoint", "any Deep Zoom viewer; large_image's deepzoom "
-                    "source", lambda slide, tile: DeepZoom(slide).tile_count, strict_extension=True),
+                    "server's Deep Zoom endpoint: JPEG tiles, PNG with --compression deflate",
+                    "any Deep Zoom viewer; large_image's deepzoom source",
+                    lambda slide, tile: DeepZoom(slide).tile_count, strict_extension=True),
     "ome-zarr": Exporter(_write_ome_zarr, ".ome.zarr", "OME-NGFF 0.4 folder (Zarr 2): every "
                          "magnification level and its reductions, one tile per chunk, lossless, "
                          "pixel sizes in um", "napari (napari-ome-zarr), vizarr, tiatoolbox "

@@ -120,3 +120,13 @@ def test_the_installed_wheel_serves_the_viewer_and_tiles(installed, tmp_path):
     finally:
         server.terminate()
         server.wait(30)
+
+
+def test_the_installed_wheel_registers_the_large_image_source(installed, tmp_path):
+    entry_points, = installed.glob("lib/python*/site-packages/lazyslide_urcdm-*.dist-info/entry_points.txt")
+    assert "lazyslide = lazyslide.large_image_source:LazySlideFileTileSource" in entry_points.read_text()
+    code = ("import sys, large_image.tilesource as t; t.loadTileSources(); "
+            "c = t.AvailableTileSources['lazyslide']; print(sys.modules[c.__module__].__file__)")
+    where = subprocess.run([str(installed / "bin" / "python"), "-c", code], capture_output=True,
+                           text=True, check=True, cwd=tmp_path).stdout.strip()
+    assert where.startswith(str(installed)), where  # the wheel's module, found by large_image

@@ -96,10 +96,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     mat.add_argument("--model", required=True, help=MODEL_HELP)
     mat.add_argument("--seed", default="0", help="slide seed: N, A-B or a comma list (default 0)")
     mat.add_argument("-o", "--output", required=True,
-                     help="output file (NAME.tiff/.svs/.ome.tiff/.dzi); a folder for several seeds")
+                     help="output file (NAME.tiff/.svs/.ome.tiff/.dzi/.ome.zarr); a folder for several seeds")
     mat.add_argument("--format", choices=list(EXPORTERS), default="tiff",
                      help="; ".join(f"{k}: {e.layout}" for k, e in EXPORTERS.items()))
-    mat.add_argument("--compression", choices=list(COMPRESSIONS), default="jpeg")
+    mat.add_argument("--compression", choices=list(COMPRESSIONS), default="jpeg",
+                     help="TIFF tiles and dzi: jpeg (lossy) or deflate (lossless; PNG tiles in a "
+                     "dzi); ome-zarr is always lossless (default jpeg)")
     mat.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
     add_batch_option(mat)
     mat.add_argument("--tiff-tile", type=int, default=256, help="TIFF tile size (default 256)")
