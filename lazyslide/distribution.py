@@ -34,4 +34,4 @@ def clash_warning() -> str | None:
         return None
     return (f"warning: {', '.join(found)} also install(s) a module named lazyslide into this "
             f"environment and may have overwritten this one's files ({NAME}); keep them in "
-            "separate virtual environments (README, Install)")
+            "separate virtual environments (README, 'Installing elsewhere')")

@@ -98,9 +98,9 @@ class PenRule:
 
     Looked for on a ``mpp`` thumbnail (8 um/px: a nucleus is about one pixel there and blends
     with its stroma; an ink blot is tens of pixels), opened once so that specks drop out, then
-    grown by ``halo_um`` for the blot's faint rim. Measured on the packaged sources (MODEL_CARD,
-    v10): only the needle biopsy's blot (1.3 % of its training region); none in skin, prostate,
-    TMA, ovary or tumour crops."""
+    grown by ``halo_um`` for the blot's faint rim. Measured on the packaged sources
+    (docs/demo-model-history.md, v10): only the needle biopsy's blot (1.3 % of its training
+    region); none in skin, prostate, TMA, ovary or tumour crops."""
 
     hue_min: float = 0.2
     hue_max: float = 0.7

@@ -55,8 +55,8 @@ def test_a_registered_sampler_is_usable_and_fingerprinted_apart(monkeypatch):
         model.with_sampling(sampler="nope")
 
 
-def test_the_readme_format_table_follows_the_exporters():
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+def test_the_docs_format_table_follows_the_exporters():
+    readme = (Path(__file__).parent.parent / "docs" / "formats.md").read_text()
     table = readme[readme.index("| format | layout |"):].split("\n\n")[0]
     rows = re.findall(r"^\| `([\w-]+)` \|", table, re.M)
     assert rows == list(EXPORTERS)

@@ -162,7 +162,7 @@ def prepare(
     and only to the levels it can feed (``RealSource.unfit``: fine enough, not a speck; the
     manifest's ``not_fed`` says why a level got none). ``pen``: pairs whose target or window
     touches pen ink (``wsi.PenRule``, a slide-level mask) are left out (None: kept); a model
-    learns ink as readily as tissue, and v10's candidate did (MODEL_CARD.md).
+    learns ink as readily as tissue, and v10's candidate did (docs/demo-model-history.md).
     """
     from tqdm import tqdm
 
