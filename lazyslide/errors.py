@@ -11,3 +11,11 @@ class ModelError(LazySlideError):
 
 class StoreError(LazySlideError):
     """The tile store cannot be opened or written."""
+
+
+class TileMissing(LazySlideError):
+    """A tile a reader needs is not stored, and this reader may not make it."""
+
+    def __init__(self, tile) -> None:
+        super().__init__(f"tile {tuple(tile)} is not in the store")
+        self.tile = tile

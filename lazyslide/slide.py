@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from .background import has_tissue
-from .errors import LazySlideError
+from .errors import LazySlideError, TileMissing
 from .generator import TileJob, fill_background, generate
 from .geometry import BACKGROUND_FILL, Box, TileId
 from .methods import Method, get_method
@@ -43,10 +43,13 @@ class Slide:
 
     def __init__(self, model: URCDM, seed: int = 0, store: TileStore | None = None, *,
                  plan: Plan | None = None, progress: Progress | None = None,
-                 make_level0: bool = True, method: str | Method = "urcdm") -> None:
+                 make_level0: bool = True, method: str | Method = "urcdm", remake: bool = True) -> None:
+        """``remake=False``: never generate a tile found missing while reading (``TileMissing``
+        instead), for readers without the model's weights."""
         check_seed(seed)
         self.model = model
         self.seed = seed
+        self.remake = remake
         self.method = get_method(method)
         self.store = store if store is not None else TileStore()
         self.geometry = model.geometry
@@ -209,8 +212,19 @@ class Slide:
     def _stored(self, tile: TileId) -> np.ndarray:
         pixels = self.store.get(self.key(tile))
         if pixels is None:
-            raise LazySlideError(f"tile {tuple(tile)} is not in the store (was it deleted?)")
+            self._remake(tile)
+            pixels = self.store.get(self.key(tile))
+        if pixels is None:
+            raise LazySlideError(f"tile {tuple(tile)} is not in the store and could not be made again")
         return pixels
+
+    def _remake(self, tile: TileId) -> None:
+        """A tile the store lost after it was found there (deleted, or discarded because it did
+        not decode), made again: its pixels are a pure function of its address. A slide that
+        may not generate (``remake=False``: a render process) says which tile is missing."""
+        if not self.remake:
+            raise TileMissing(tile)
+        self.ensure([tile])
 
     def _compose(self, level: int, box: Box, factor: int = 1) -> np.ndarray:
         """Canvas pixels of ``box`` from stored tiles (reduced ``factor`` times); outside the
@@ -239,7 +253,10 @@ class Slide:
 
         pixels = self.store.derived(self.key(tile), f"reduced{factor}", reduce)
         if pixels is None:
-            raise LazySlideError(f"tile {tuple(tile)} is not in the store (was it deleted?)")
+            self._remake(tile)
+            pixels = self.store.derived(self.key(tile), f"reduced{factor}", reduce)
+        if pixels is None:
+            raise LazySlideError(f"tile {tuple(tile)} is not in the store and could not be made again")
         return pixels
 
     def _lock_for(self, tile: TileId) -> threading.Lock:

@@ -18,7 +18,9 @@ thread while it works: a process that dies (even by SIGKILL) holds nothing longe
 
 from __future__ import annotations
 
+import errno
 import io
+import logging
 import os
 import socket
 import sqlite3
@@ -36,6 +38,8 @@ from PIL import Image
 from .errors import StoreError
 from .geometry import TileId
 
+log = logging.getLogger(__name__)
+
 DEFAULT_CACHE = Path(os.environ.get("LAZYSLIDE_CACHE", Path.home() / ".cache" / "lazyslide"))
 
 
@@ -48,6 +52,16 @@ def _default_lease() -> float:
     if not 1 <= lease <= 86400:
         raise StoreError(f"LAZYSLIDE_CLAIM_SECONDS must be a number of seconds in 1..86400, got {text!r}")
     return lease
+
+
+def _failed(what: str, error: Exception) -> StoreError:
+    """``what`` failed, and why; a full disk (or a file-size limit) said in words, since SQLite
+    reports it only as a "disk I/O error"."""
+    text = str(error)
+    full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or any(
+        w in text for w in ("disk I/O error", "database or disk is full"))
+    return StoreError(f"{what}: {text}" + (" (is the disk full? free space and rerun: what is "
+                                            "stored stays)" if full else ""))
 
 
 def tile_key(fingerprint: str, seed: int, tile: TileId) -> str:
@@ -83,7 +97,7 @@ class TileStore:
             # claims live in a database of their own: len(store) and the tiles stay untouched
             self._claims_db = diskcache.Cache(str(self.directory / "claims"), eviction_policy="none")
         except (OSError, sqlite3.Error) as e:
-            raise StoreError(f"cannot open tile store {self.directory}: {e}") from None
+            raise _failed(f"cannot open tile store {self.directory}", e) from None
         self._memory: OrderedDict[str, np.ndarray] = OrderedDict()
         self._memory_tiles = memory_tiles
         self._memory_bytes = memory_bytes
@@ -95,11 +109,31 @@ class TileStore:
         self._renewer: threading.Thread | None = None
 
     def get(self, key: str) -> np.ndarray | None:
+        """The stored tile, or None: absent, or stored but not decodable (then removed, and
+        reported once in the log, so that its slide makes it again: a tile is a pure function of
+        its address)."""
         def load() -> np.ndarray | None:
-            data = self._cache.get(key)
-            return None if data is None else decode_png(data)
+            try:
+                data = self._cache.get(key, retry=True)
+            except (OSError, sqlite3.Error) as e:
+                raise _failed(f"cannot read tile {key} from {self.directory}", e) from None
+            if data is None:
+                return None
+            try:
+                return decode_png(data)
+            except (OSError, SyntaxError, ValueError, TypeError, EOFError) as e:  # PIL's kinds
+                self._discard(key, e)
+                return None
 
         return self._memoized(key, load)
+
+    def _discard(self, key: str, error: Exception) -> None:
+        log.warning("tile store %s: stored tile %s does not decode (%s: %s); removed, it is made "
+                    "again", self.directory, key, type(error).__name__, error)
+        try:
+            self._cache.delete(key, retry=True)
+        except (OSError, sqlite3.Error) as e:
+            raise _failed(f"cannot remove the undecodable tile {key} from {self.directory}", e) from None
 
     def _memoized(self, key: str, load: Callable[[], np.ndarray | None]) -> np.ndarray | None:
         """``key``'s array from the decoded-tile memory, else ``load()``'s (kept, read-only)."""
@@ -118,14 +152,17 @@ class TileStore:
         with self._lock:
             if key in self._memory:
                 return True
-        return key in self._cache
+        try:
+            return key in self._cache
+        except (OSError, sqlite3.Error) as e:
+            raise _failed(f"cannot read tile store {self.directory}", e) from None
 
     def put(self, key: str, tile: np.ndarray) -> np.ndarray:
         """Store a tile; returns the canonical (read-only) array."""
         try:
             self._cache.set(key, encode_png(tile))
         except (OSError, sqlite3.Error) as e:
-            raise StoreError(f"cannot write tile {key} to {self.directory}: {e}") from None
+            raise _failed(f"cannot write tile {key} to {self.directory}", e) from None
         tile = np.array(tile, dtype=np.uint8, copy=True)
         tile.flags.writeable = False
         self._remember(key, tile)
@@ -154,7 +191,11 @@ class TileStore:
     # -- claims: one maker per tile across processes --------------------------------------------
     def claim(self, key: str) -> bool:
         """Take the lease to make ``key``; False while another live holder has it."""
-        if not self._claims_db.add(key, self._owner, expire=self.lease, retry=True):
+        try:
+            taken = self._claims_db.add(key, self._owner, expire=self.lease, retry=True)
+        except (OSError, sqlite3.Error) as e:
+            raise _failed(f"cannot claim tile {key} in {self.directory}", e) from None
+        if not taken:
             return False  # add() is atomic and treats an expired lease as absent
         with self._lock:
             self._held.add(key)
@@ -165,16 +206,24 @@ class TileStore:
         return True
 
     def release(self, key: str) -> None:
-        """Give up a claim (after the tile is stored, or when making it failed)."""
+        """Give up a claim (after the tile is stored, or when making it failed). A release the
+        database refuses (a full disk) is left to the lease, which lapses within ``lease``
+        seconds: raising here would hide the error that ended the work."""
         with self._lock:
             self._held.discard(key)
-        with self._claims_db.transact(retry=True):
-            if self._claims_db.get(key, retry=True) == self._owner:
-                self._claims_db.delete(key, retry=True)
+        try:
+            with self._claims_db.transact(retry=True):
+                if self._claims_db.get(key, retry=True) == self._owner:
+                    self._claims_db.delete(key, retry=True)
+        except (OSError, sqlite3.Error):
+            pass
 
     def claimed(self, key: str) -> bool:
         """Whether a live claim on ``key`` exists (anyone's)."""
-        return self._claims_db.get(key, retry=True) is not None
+        try:
+            return self._claims_db.get(key, retry=True) is not None
+        except (OSError, sqlite3.Error) as e:
+            raise _failed(f"cannot read the claims of {self.directory}", e) from None
 
     def wait_for(self, key: str, *, poll: float = 0.05, timeout: float | None = None) -> bool:
         """Wait while another holder makes ``key``: until it is stored (True) or nobody holds

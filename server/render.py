@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from lazyslide import URCDM, Slide, TileId, TileStore
 from lazyslide.deepzoom import DeepZoom
+from lazyslide.errors import TileMissing
 from lazyslide.model import ModelRef
 
 
@@ -54,7 +55,7 @@ def _deep_zoom(ref: SlideRef) -> DeepZoom:
             raise RuntimeError(f"render process rebuilt model {model.fingerprint}, expected "
                                f"{ref.model.fingerprint}")
         store = TileStore(ref.store, memory_bytes=ref.memory_bytes)
-        slide = Slide(model, ref.seed, store, make_level0=False, method=ref.method)
+        slide = Slide(model, ref.seed, store, make_level0=False, method=ref.method, remake=False)
         dz = _OPEN[ref.key()] = DeepZoom(slide, quality=ref.quality)
     return dz
 
@@ -63,7 +64,12 @@ def render_if_stored(dz: DeepZoom, level: int, col: int, row: int, fmt: str) -> 
     """The encoded tile, or the magnification tiles to make first (``Slide.missing``: those it
     reads that are not stored, with what they need, in making order)."""
     missing = dz.slide.missing(dz.needed_tiles(level, col, row))
-    return missing if missing else dz.render(level, col, row, fmt)
+    if missing:
+        return missing
+    try:
+        return dz.render(level, col, row, fmt)
+    except TileMissing:  # stored when asked, then discarded: it did not decode (TileStore.get)
+        return dz.slide.missing(dz.needed_tiles(level, col, row))
 
 
 def _render_in_process(ref: SlideRef, level: int, col: int, row: int, fmt: str) -> bytes | list[TileId]:
