@@ -131,6 +131,7 @@ class LazySlideFileTileSource(FileTileSource, metaclass=LruCacheMetaclass):
         self.sizeX, self.sizeY = width, height
         self.tileWidth = self.tileHeight = self._dz.tile_size
         self._overlap = self._dz.overlap
+        self._background = tuple(bytes.fromhex(self._dz.view.properties["openslide.background-color"]))
         self.levels = int(math.ceil(math.log(max(width, height) / self.tileWidth, 2))) + 1
         # Deep Zoom's levels start at 1 x 1 px; large_image's at one tile
         self._base = self._dz.level_count - self.levels
@@ -155,8 +156,10 @@ class LazySlideFileTileSource(FileTileSource, metaclass=LruCacheMetaclass):
                 raise TileSourceError(f"{self._largeImagePath}: {e}") from None
         o = self._overlap
         tile = tile[o if y else 0:, o if x else 0:][: self.tileHeight, : self.tileWidth]
-        if tile.shape[:2] != (self.tileHeight, self.tileWidth):  # an edge tile, padded as deepzoom's
-            full = np.zeros((self.tileHeight, self.tileWidth, 3), np.uint8)
+        if tile.shape[:2] != (self.tileHeight, self.tileWidth):
+            # an edge tile: padded with the slide's background (as Deep Zoom fills beyond it),
+            # not black, which large_image's resampling lets bleed into a thumbnail's last pixels
+            full = np.full((self.tileHeight, self.tileWidth, 3), self._background, np.uint8)
             full[: tile.shape[0], : tile.shape[1]] = tile
             tile = full
         return self._outputTile(tile, TILE_FORMAT_NUMPY, x, y, z, pilImageAllowed, numpyAllowed, **kwargs)
