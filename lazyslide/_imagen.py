@@ -1,7 +1,7 @@
 """The one place that knows imagen-pytorch: its import (offline), how its Unet is built from a
 model config, and its call signature (adapted to ``networks.Denoiser``).
 
-imagen-pytorch's ``t5`` module imports all of transformers (about 5 s on 2 cores) and its
+imagen-pytorch's ``t5`` module imports all of transformers (seconds per process start) and its
 ``Unet`` evaluates ``get_encoded_dim('google/t5-v1_1-base')`` as a default argument at import
 time, which calls ``T5Config.from_pretrained`` and so reaches the Hugging Face hub (13-28 s
 timeout offline, then ``OSError``). lazyslide never conditions on text, so imagen is imported

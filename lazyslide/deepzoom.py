@@ -7,8 +7,8 @@ tile sizes are exactly openslide's for the same width and height, and each Deep 
 read from the lowest-resolution magnification level whose resolution is at least its own
 (``get_best_level_for_downsample``). The view offers that level reduced 2 and 4 times too, as a
 pyramidal TIFF would (``reduced_levels``): a coarse Deep Zoom tile reads 254 px of reduced
-pixels instead of up to 1016 px of full ones and a LANCZOS resize of them (demo geometry,
-Deep Zoom level 11, tiles in memory: 20 ms before, 1.7 ms). Before rendering, the server asks
+pixels instead of up to 1016 px of full ones and a LANCZOS resize of them (timings:
+docs/benchmarks.md, serving). Before rendering, the server asks
 which magnification tiles a Deep Zoom tile reads, so it can have them generated off the event
 loop first.
 """

@@ -36,7 +36,7 @@ FORMAT = "lazyslide-urcdm/1"
 #: no pixel. ``training_data``: the real images (``realdata`` specs or file names) and regions.
 PROVENANCE = ("training_data",)
 
-#: Part of every fingerprint: bump when the sampler's output for the same inputs changes.
+#: The bundled demo model's folder (``--model demo``).
 DEMO_MODEL_DIR = Path(__file__).parent / "models" / "demo"
 
 _COMMON = dict(layer_cross_attns=False, attn_heads=2, attn_dim_head=16)

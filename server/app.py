@@ -3,7 +3,8 @@
 Every handler validates its input and answers 400/401/404/503 with a short text; generation
 runs on the scheduler's backend (``backends``) and rendering in worker processes or the default
 executor (``render``), never on the loop. With a token (``--token``), what can start generation
-(opening a slide, tiles that are not made yet, the tile WebSocket) needs it; ``auth`` says how.
+(opening a slide, tiles that are not made yet, the tile WebSocket) needs it;
+``LazySlideServer.authorized`` says how.
 """
 
 from __future__ import annotations

@@ -2,11 +2,10 @@
 
 A first render reads a Deep Zoom tile's magnification tiles (reduced ones for coarse levels,
 ``OpenSlideView(reduced_levels=True)``), decoding each PNG the first time, composes them and
-encodes a JPEG (1-3 ms with the tiles in memory). In threads that work shares the server's
-GIL; in worker processes (``--render-processes N``) it has its own. On the 2-core machine
-neither was faster (bench/serve.py, first pass p99: 130-190 ms with one render process,
-170-215 ms in threads, from run to run), so threads, which share the generator's decoded
-tiles, are the default. A worker process reads the store on disk (diskcache is safe across
+encodes a JPEG (milliseconds with the tiles in memory). In threads that work shares the
+server's GIL; in worker processes (``--render-processes N``) it has its own. On 2 cores neither
+was faster (``bench/serve.py``; figures in docs/benchmarks.md), so threads, which share the
+generator's decoded tiles, are the default. A worker process reads the store on disk (diskcache is safe across
 processes) through a model built from the config alone: it reads tiles, never generates (no
 weights are loaded); tiles not yet stored are reported, not made.
 """

@@ -67,10 +67,9 @@ def add_method_option(parser: argparse.ArgumentParser) -> None:
                         help="; ".join(f"{k}: {m.description}" for k, m in METHODS.items()))
 
 
-#: ``--batch-size`` where a command that takes it runs on a GPU and none is given. On one H200
-#: (bench/gpu_cost.py, 2026-11-28) the paper preset's inpainted tile (its unets before they had
-#: the authors' cross-attention, at 48 evaluations) took 6.02 s at batch 1 and
-#: 4.87 s per tile at batch 4; at batch 8 its 1024 px stage ran out of memory. On the CPU, 1.
+#: ``--batch-size`` where a command that takes it runs on a GPU and none is given: the largest
+#: batch whose paper-size 1024 px stage fit in one GPU's memory and ran faster per tile than
+#: batch 1 (docs/benchmarks.md, bench/gpu_cost.py). On the CPU, 1.
 GPU_BATCH = 4
 
 
