@@ -34,7 +34,6 @@ from large_image.tilesource import FileTileSource
 
 from .errors import LazySlideError
 
-EXTENSION = ".lazyslide"
 FORMAT_VERSION = 1
 FIELDS = {"lazyslide", "model", "seed", "cache", "fingerprint", "device"}
 
@@ -137,8 +136,9 @@ class LazySlideFileTileSource(FileTileSource, metaclass=LruCacheMetaclass):
         self._base = self._dz.level_count - self.levels
 
     def getNativeMagnification(self) -> dict[str, float | None]:
-        mpp = self._slide.geometry.mpp
-        return {"magnification": round(10.0 / mpp, 2), "mm_x": mpp / 1000, "mm_y": mpp / 1000}
+        props = self._dz.view.properties  # what openslide readers of the slide are told
+        mm = float(props["openslide.mpp-x"]) / 1000
+        return {"magnification": float(props["openslide.objective-power"]), "mm_x": mm, "mm_y": mm}
 
     def getInternalMetadata(self, **kwargs) -> dict[str, Any]:
         g = self._slide.geometry
