@@ -210,21 +210,22 @@ class Slide:
                                  f"{', '.join(map(str, self.levels))}, not level {level}")
 
     def _stored(self, tile: TileId) -> np.ndarray:
-        pixels = self.store.get(self.key(tile))
+        return self._read(tile, lambda: self.store.get(self.key(tile)))
+
+    def _read(self, tile: TileId, read: Callable[[], np.ndarray | None]) -> np.ndarray:
+        """``read()``, and if the store lost the tile after it was found there (deleted, or
+        discarded because it did not decode), ``read()`` again after making it again: its
+        pixels are a pure function of its address. A slide that may not generate
+        (``remake=False``: a render process) says which tile is missing."""
+        pixels = read()
         if pixels is None:
-            self._remake(tile)
-            pixels = self.store.get(self.key(tile))
+            if not self.remake:
+                raise TileMissing(tile)
+            self.ensure([tile])
+            pixels = read()
         if pixels is None:
             raise LazySlideError(f"tile {tuple(tile)} is not in the store and could not be made again")
         return pixels
-
-    def _remake(self, tile: TileId) -> None:
-        """A tile the store lost after it was found there (deleted, or discarded because it did
-        not decode), made again: its pixels are a pure function of its address. A slide that
-        may not generate (``remake=False``: a render process) says which tile is missing."""
-        if not self.remake:
-            raise TileMissing(tile)
-        self.ensure([tile])
 
     def _compose(self, level: int, box: Box, factor: int = 1) -> np.ndarray:
         """Canvas pixels of ``box`` from stored tiles (reduced ``factor`` times); outside the
@@ -251,13 +252,7 @@ class Slide:
             box = (ox, oy, ox + (cx1 - cx) * factor, oy + (ry1 - ry) * factor)
             return np.asarray(Image.fromarray(pixels).reduce(factor, box=box))
 
-        pixels = self.store.derived(self.key(tile), f"reduced{factor}", reduce)
-        if pixels is None:
-            self._remake(tile)
-            pixels = self.store.derived(self.key(tile), f"reduced{factor}", reduce)
-        if pixels is None:
-            raise LazySlideError(f"tile {tuple(tile)} is not in the store and could not be made again")
-        return pixels
+        return self._read(tile, lambda: self.store.derived(self.key(tile), f"reduced{factor}", reduce))
 
     def _lock_for(self, tile: TileId) -> threading.Lock:
         with self._locks_guard:
